@@ -1,0 +1,3 @@
+"""kjumpd: Linux hibernation through kexec jump."""
+
+__version__ = "0.1.0"
