@@ -43,3 +43,12 @@ check: $(VENV)/.test-stamp
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+
+# The real path: a kernel with CONFIG_KEXEC_JUMP (built once, cached outside
+# the work tree) booted in QEMU/TCG through the whole cycle. See tests/vm/.
+vm-test: $(VENV)/.test-stamp
+	@set +e; $(PY) -m pytest -p no:cacheprovider -m vm -v tests/vm; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "vm-test: no tests were collected" >&2; exit 1; fi; exit $$rc
+
+# Debian package targets (make deb, make deb-test) live beside the packaging.
+-include packaging/deb.mk
