@@ -42,7 +42,7 @@ blocks, mapped files in medium ones, incompressible buffers in small ones."""
 MAX_PATTERN_BYTES = 64
 """Longest repeated pattern: a pattern page has a period of at most this."""
 
-MAX_BYTES_PER_FILE = 1 << 20
+MAX_BYTES_PER_FILE = 256 << 10
 """At most this much of one source file is used, so the binary and text pages
 come from many different files, as in a real page cache."""
 
