@@ -137,3 +137,63 @@ def test_page_counts_add_up_and_stay_within_a_page(pages: int, weights: list[int
     assert sum(counts.values()) == pages
     for kind in sample.KINDS:
         assert abs(counts[kind] - pages * mix[kind] / 100) < 1
+
+
+# --- bench/image.py end to end (no timing is asserted) ----------------------
+
+OPERATIONS = ["ours save", "ours verify", "ours restore", "lz4 -1", "lz4 -d", "zstd -1 -T2", "cp"]
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH / "image.py"), "--size", "8M", "--repeat", "1",
+         "--dir", str(tmp_path), *args],
+        capture_output=True, text=True, check=False, timeout=600)
+
+
+def test_bench_json(tmp_path: Path) -> None:
+    done = _bench(tmp_path, "--json", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["sample"]["bytes"] == 8 << 20
+    assert result["sample"]["pages"] == sample.page_counts(2048, sample.ACCEPTANCE_MIX)
+    assert list(result["timings"]) == OPERATIONS
+    for name, timing in result["timings"].items():
+        assert len(timing["runs_seconds"]) == 1 and timing["best_seconds"] > 0, name
+    for name in ("ours save", "lz4 -1", "zstd -1 -T2", "cp"):
+        assert result["timings"][name]["output_bytes"] > 0, name
+    assert result["timings"]["cp"]["output_bytes"] == 8 << 20
+    assert [t["name"] for t in result["targets"]] == [
+        "save time / lz4 -1 time", "image size / lz4 -1 size", "restore time / lz4 -d time",
+        "verify GB/s (of memory size)"]
+    assert all(isinstance(t["pass"], bool) for t in result["targets"])
+    assert result["acceptance_sample"] is False
+    assert "profile" not in result
+    assert list(tmp_path.iterdir()) == [], "the benchmark must remove its files"
+
+
+def test_bench_table_and_profile(tmp_path: Path) -> None:
+    done = _bench(tmp_path, "--profile", "--keep", "--compression", "zstd")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for name in OPERATIONS:
+        assert any(line.startswith(name + " ") for line in lines), name
+    verdicts = [line for line in lines if line.endswith(("PASS", "MISS"))]
+    assert len(verdicts) == 4
+    assert any(line.startswith("note: the targets are defined on 512 MiB") for line in lines)
+    for phase in ("save", "verify", "restore"):
+        assert f"--- profile of one {phase}" in done.stdout
+    assert "function calls" in done.stdout
+    kept = list(tmp_path.iterdir())
+    assert len(kept) == 1 and (kept[0] / "sample.mem").stat().st_size == 8 << 20
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--zero", "50"], "adds up to 110"),
+    (["--size", "10000"], "multiple of 4096"),
+    (["--repeat", "0"], "at least 1"),
+])
+def test_bench_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    done = _bench(tmp_path, *args)
+    assert done.returncode == 2 and message in done.stderr
+    assert list(tmp_path.iterdir()) == []

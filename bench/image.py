@@ -1,0 +1,412 @@
+#!/usr/bin/env python3
+"""Benchmark the image engine against lz4, zstd and cp on a memory-like sample.
+
+One run generates a sample (bench/sample.py), then times the engine's save,
+verify and restore and the command-line tools on the same file, all in one
+directory on one file system, with the page cache warm: each operation runs
+once to warm up and is then timed N times; the best time counts. It prints a
+table of times and ours/peer ratios with PASS/MISS next to the acceptance
+targets (see bench/README.md), or the same as JSON with --json.
+
+Run it with the project's venv:  .venv/bin/python bench/image.py --size 512M
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import dataclasses
+import filecmp
+import io
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import sample
+
+from kjumpd import image
+from kjumpd.errors import KjumpError
+from kjumpd.format import Compression, State
+from kjumpd.physmem import FileMemory
+from kjumpd.target import ImageTarget
+
+MIB = 1 << 20
+GB = 1e9
+
+ACCEPTANCE_SIZE = 512 * MIB
+"""The sample size the acceptance targets are defined on (with ACCEPTANCE_MIX's
+40 % zero pages)."""
+
+JUMP_BACK_ENTRY = 0x1000
+"""A plausible jump-back entry for the superblock; the benchmark never jumps."""
+
+RESTORE_FILL = b"\xa5"
+"""The restore destination is filled with this before the first restore, so a
+restore that skips pages (zero pages, say) leaves visible garbage."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Wall times of one operation: the warm-up run is not among them."""
+
+    name: str
+    runs: tuple[float, ...]
+    output_bytes: int | None = None
+
+    @property
+    def best(self) -> float:
+        """The best (smallest) wall time in seconds."""
+        return min(self.runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """An acceptance target: value compared with limit by op ("<=" or ">=")."""
+
+    name: str
+    value: float
+    op: str
+    limit: float
+
+    @property
+    def met(self) -> bool:
+        """Whether value satisfies the target."""
+        return self.value <= self.limit if self.op == "<=" else self.value >= self.limit
+
+
+def measure(name: str, run: Callable[[], object], repeat: int,
+            prepare: Callable[[], object] | None = None,
+            output: Callable[[], int] | None = None) -> Timing:
+    """Run once to warm the caches, then time repeat runs of run.
+
+    prepare runs before every run, untimed (removing the previous output,
+    resetting the image state); the dirty pages of earlier runs are written
+    back before each timed run so one run's writeback does not land in the
+    next one's time. output gives the size of what the operation wrote.
+    """
+    times = []
+    for attempt in range(repeat + 1):
+        if prepare is not None:
+            prepare()
+        os.sync()
+        start = time.perf_counter()
+        run()
+        elapsed = time.perf_counter() - start
+        if attempt:
+            times.append(elapsed)
+    return Timing(name, tuple(times), output() if output is not None else None)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _command(argv: Sequence[str]) -> Callable[[], None]:
+    """A callable that runs a peer tool and fails loudly when it fails."""
+    def run() -> None:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, check=False)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(argv)} failed with status {done.returncode}: "
+                               f"{done.stderr.decode(errors='replace').strip()}")
+    return run
+
+
+class Bench:
+    """The files of one benchmark run and the operations on them."""
+
+    def __init__(self, directory: Path, size: int, compression: Compression) -> None:
+        self.size = size
+        self.compression = compression
+        self.sample = directory / "sample.mem"
+        self.image = directory / "image.kjump"
+        self.restored = directory / "restored.mem"
+        self.lz4 = directory / "sample.lz4"
+        self.lz4_out = directory / "sample.lz4.out"
+        self.zstd = directory / "sample.zst"
+        self.copy = directory / "sample.copy"
+
+    # --- the engine ---------------------------------------------------------
+
+    def _open_target(self) -> ImageTarget:
+        # room for the header area, an incompressible stream and its framing
+        return ImageTarget.open(str(self.image), create_size=self.size + self.size // 8 + 16 * MIB)
+
+    def save(self) -> None:
+        """image.save of the whole sample into the image file."""
+        with FileMemory(str(self.sample)) as source, self._open_target() as target:
+            handoff = image.handoff_for_file(str(self.sample), self.compression)
+            image.save(source, target, handoff, jump_back_entry=JUMP_BACK_ENTRY)
+
+    def verify(self) -> None:
+        """image.verify of the saved image."""
+        with self._open_target() as target:
+            image.verify(target)
+
+    def restore(self) -> None:
+        """image.restore of the image into the destination file."""
+        with FileMemory(str(self.restored), writable=True) as dest, self._open_target() as target:
+            image.restore(target, dest)
+
+    def rearm(self) -> None:
+        """Mark the restored image SAVED again so it can be restored once more
+        (an image is restored at most once; the benchmark restores it N+1 times)."""
+        with self._open_target() as target:
+            if image.read_superblock(target).state != State.SAVED:
+                image.set_state(target, State.SAVED)
+
+    def image_bytes(self) -> int:
+        """Bytes the image occupies on its target."""
+        with self._open_target() as target:
+            return image.read_superblock(target).image_bytes
+
+    def fill_restore_destination(self) -> None:
+        """Create the restore destination, full of RESTORE_FILL, the sample's size."""
+        block = RESTORE_FILL * MIB
+        with open(self.restored, "wb") as out:
+            for _ in range(self.size // MIB):
+                out.write(block)
+            out.write(RESTORE_FILL * (self.size % MIB))
+
+    # --- the whole run ------------------------------------------------------
+
+    def run(self, repeat: int) -> dict[str, Timing]:
+        """Time every operation; check that the restore reproduced the sample."""
+        timings = [
+            measure("ours save", self.save, repeat, output=self.image_bytes),
+            measure("ours verify", self.verify, repeat),
+        ]
+        self.fill_restore_destination()
+        timings.append(measure("ours restore", self.restore, repeat, prepare=self.rearm))
+        if not filecmp.cmp(self.sample, self.restored, shallow=False):
+            raise RuntimeError(f"the restored memory {self.restored} differs from the sample "
+                               f"{self.sample}: the engine is broken, the times mean nothing")
+        peers = [
+            ("lz4 -1", ["lz4", "-q", "-1", "-f", self.sample, self.lz4], self.lz4),
+            ("lz4 -d", ["lz4", "-q", "-d", "-f", self.lz4, self.lz4_out], self.lz4_out),
+            ("zstd -1 -T2", ["zstd", "-q", "-1", "-T2", "-f", self.sample, "-o", self.zstd],
+             self.zstd),
+            ("cp", ["cp", self.sample, self.copy], self.copy),
+        ]
+        for name, argv, out in peers:
+            timings.append(measure(name, _command([str(a) for a in argv]), repeat,
+                                   prepare=lambda out=out: _remove(out),
+                                   output=lambda out=out: out.stat().st_size))
+        return {timing.name: timing for timing in timings}
+
+
+# --- profiling ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def _profiled_threads(profiles: list[cProfile.Profile]) -> Iterator[None]:
+    """Profile threads started inside the block too (the engine may compress
+    in worker threads, which the calling thread's profiler does not see)."""
+    def start(*_: object) -> None:
+        sys.setprofile(None)
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.enable()
+    threading.setprofile(start)
+    try:
+        yield
+    finally:
+        threading.setprofile(None)
+
+
+def profile(bench: Bench, top: int = 15) -> dict[str, str]:
+    """cProfile of one save, verify and restore: the top functions by own time."""
+    reports = {}
+    for phase, run, prepare in (("save", bench.save, None), ("verify", bench.verify, None),
+                                ("restore", bench.restore, bench.rearm)):
+        if prepare is not None:
+            prepare()
+        main = cProfile.Profile()
+        workers: list[cProfile.Profile] = []
+        with _profiled_threads(workers):
+            main.runcall(run)
+        for worker in workers:
+            worker.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(main, *workers, stream=text)
+        stats.sort_stats("tottime").print_stats(top)
+        reports[phase] = text.getvalue()
+    return reports
+
+
+# --- results -----------------------------------------------------------------
+
+def targets(timings: dict[str, Timing], size: int) -> list[Target]:
+    """The acceptance targets, evaluated on these timings."""
+    save, verify, restore = (timings[f"ours {op}"] for op in ("save", "verify", "restore"))
+    lz4, lz4d = timings["lz4 -1"], timings["lz4 -d"]
+    assert save.output_bytes is not None and lz4.output_bytes is not None
+    return [
+        Target("save time / lz4 -1 time", save.best / lz4.best, "<=", 0.6),
+        Target("image size / lz4 -1 size", save.output_bytes / lz4.output_bytes, "<=", 1.0),
+        Target("restore time / lz4 -d time", restore.best / lz4d.best, "<=", 0.8),
+        Target("verify GB/s (of memory size)", size / verify.best / GB, ">=", 3.0),
+    ]
+
+
+RATIOS = (("save", "lz4 -1"), ("save", "zstd -1 -T2"), ("save", "cp"),
+          ("restore", "lz4 -d"), ("restore", "cp"))
+SIZE_RATIOS = ("lz4 -1", "zstd -1 -T2")
+
+
+def ratios(timings: dict[str, Timing]) -> dict[str, float]:
+    """ours/peer ratios of best times and of output sizes."""
+    found = {f"{op} / {peer}": timings[f"ours {op}"].best / timings[peer].best
+             for op, peer in RATIOS}
+    image_bytes = timings["ours save"].output_bytes
+    assert image_bytes is not None
+    for peer in SIZE_RATIOS:
+        peer_bytes = timings[peer].output_bytes
+        assert peer_bytes is not None
+        found[f"image size / {peer} size"] = image_bytes / peer_bytes
+    return found
+
+
+def is_acceptance_sample(made: sample.Sample) -> bool:
+    """Whether the sample is the one the targets are defined on."""
+    return made.size == ACCEPTANCE_SIZE and made.mix["zero"] == sample.ACCEPTANCE_MIX["zero"]
+
+
+def report_json(made: sample.Sample, args: argparse.Namespace, timings: dict[str, Timing],
+                profiles: dict[str, str] | None) -> str:
+    """Everything as one JSON document."""
+    document = {
+        "sample": {"bytes": made.size, "seed": made.seed, "mix_percent": made.mix,
+                   "pages": made.counts()},
+        "compression": args.compression,
+        "repeat": args.repeat,
+        "timings": {name: {"best_seconds": t.best, "runs_seconds": list(t.runs),
+                           "output_bytes": t.output_bytes} for name, t in timings.items()},
+        "ratios": ratios(timings),
+        "acceptance_sample": is_acceptance_sample(made),
+        "targets": [{"name": t.name, "value": t.value, "op": t.op, "limit": t.limit,
+                     "pass": t.met} for t in targets(timings, made.size)],
+    }
+    if profiles is not None:
+        document["profile"] = profiles
+    return json.dumps(document, indent=2)
+
+
+def report_table(made: sample.Sample, args: argparse.Namespace, directory: Path,
+                 timings: dict[str, Timing], profiles: dict[str, str] | None) -> str:
+    """The results as a table a person can read."""
+    lines = [
+        "kjumpd image engine benchmark",
+        f"sample  {made.size / MIB:g} MiB, seed {made.seed}: {sample.describe_mix(made.mix)}",
+        f"engine  compression {args.compression}; best of {args.repeat} after one warm-up run, "
+        "page cache warm",
+        f"files   {directory}",
+        "",
+        f"{'operation':<14}{'best s':>9}{'MB/s':>8}  {'output':>22}   runs s",
+    ]
+    for t in timings.values():
+        output = ""
+        if t.output_bytes is not None:
+            output = f"{t.output_bytes / MIB:.1f} MiB ({100 * t.output_bytes / made.size:.1f}%)"
+        runs = " ".join(f"{r:.3f}" for r in t.runs)
+        lines.append(f"{t.name:<14}{t.best:>9.3f}{made.size / t.best / 1e6:>8.0f}  "
+                     f"{output:>22}   {runs}")
+    lines += ["", f"{'ours / peer':<32}{'ratio':>7}"]
+    lines += [f"{name:<32}{value:>7.2f}" for name, value in ratios(timings).items()]
+    lines += ["", f"{'acceptance target':<32}{'value':>7}  {'target':<8}"]
+    for t in targets(timings, made.size):
+        lines.append(f"{t.name:<32}{t.value:>7.2f}  {t.op.replace('<=', '≤').replace('>=', '≥')} "
+                     f"{t.limit:<5.2f}  {'PASS' if t.met else 'MISS'}")
+    if not is_acceptance_sample(made):
+        lines.append("note: the targets are defined on 512 MiB with 40% zero pages; this sample "
+                     "differs, so PASS/MISS only indicates")
+    if profiles is not None:
+        for phase, text in profiles.items():
+            lines += ["", f"--- profile of one {phase} (top functions by own time) ---",
+                      text.rstrip()]
+    return "\n".join(lines)
+
+
+# --- command line -------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; percentages of the mix must add up to 100."""
+    parser = argparse.ArgumentParser(
+        description="Time kjumpd's image save/verify/restore against lz4, zstd and cp "
+                    "on a memory-like sample.")
+
+    def size(text: str) -> int:
+        try:
+            return sample.parse_size(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parser.add_argument("--size", type=size, default=ACCEPTANCE_SIZE,
+                        help="sample size, e.g. 8M, 512M, 1G (default 512M)")
+    for kind in sample.KINDS:
+        parser.add_argument(f"--{kind}", type=float, default=sample.ACCEPTANCE_MIX[kind],
+                            metavar="PCT", help=f"percent of {kind} pages "
+                            f"(default {sample.ACCEPTANCE_MIX[kind]:g})")
+    parser.add_argument("--seed", type=int, default=1, help="sample seed (default 1)")
+    parser.add_argument("--repeat", "-n", type=int, default=3, metavar="N",
+                        help="timed runs per operation after the warm-up; the best counts "
+                             "(default 3)")
+    parser.add_argument("--compression", choices=[c.label for c in Compression], default="lz4",
+                        help="the engine's compression (default lz4)")
+    parser.add_argument("--dir", type=Path, metavar="DIR",
+                        help="where the sample, image and peer outputs go (a new directory "
+                             "inside DIR; default: one under $TMPDIR); removed afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the files afterwards")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one save, verify and restore (cProfile, top 15)")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    try:
+        args.mix = sample.validate_mix({kind: getattr(args, kind) for kind in sample.KINDS})
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Generate, measure, report; 0 when everything ran (whatever the targets say)."""
+    args = parse_args(argv)
+    for tool in ("lz4", "zstd", "cp"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is not installed (apt-get install {tool})", file=sys.stderr)
+            return 2
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="kjumpd-bench-", dir=args.dir))
+    try:
+        bench = Bench(directory, args.size, Compression.parse(args.compression))
+        made = sample.generate(bench.sample, args.size, args.mix, args.seed)
+        timings = bench.run(args.repeat)
+        profiles = profile(bench) if args.profile else None
+    except (KjumpError, RuntimeError, OSError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
+    if args.json:
+        print(report_json(made, args, timings, profiles))
+    else:
+        print(report_table(made, args, directory if args.keep else
+                           Path(f"{directory} (removed)"), timings, profiles))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
