@@ -1,0 +1,553 @@
+"""The on-disk formats that pass between the kernels. Byte-level spec: docs/format.md.
+
+Everything is little-endian with a magic number, a format version, explicit
+lengths and an xxh3-64 checksum computed with the checksum field set to zero.
+A reader refuses a record whose magic, length or checksum is wrong, whose
+version is newer than it knows, or that sets an *incompatible* flag it does
+not know; unknown *compatible* flags are ignored. None of this depends on a
+kernel version.
+
+Records:
+- memory map (``KJMM``): extents or bitmap encoding of the pages to save;
+- handoff (``KJHANDOF``): what A tells B right before each jump;
+- superblock (``KJSUPERB``): the image's state, identity and summary;
+- chunk header (``KJCH``): one independently checksummed piece of the stream;
+- trailer (``KJTRAILR``): the end of the stream and a checksum over it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import ClassVar
+
+import xxhash
+
+from .errors import FormatError
+from .memmap import PAGE_SIZE, Extent, MemoryMap
+
+FORMAT_VERSION = 1
+
+# Layout of an image target, relative to its offset.
+SUPERBLOCK_OFFSET = 0
+SUPERBLOCK_SIZE = 4096
+HANDOFF_OFFSET = 4096
+HANDOFF_MAX = (4 << 20) - HANDOFF_OFFSET
+DATA_OFFSET = 4 << 20
+ALIGN = 4096
+
+RESTART_POINTS = ("resume", "suspend", "platform", "shutdown", "reboot")
+
+
+class State(IntEnum):
+    """Superblock states (DESIGN.md); an image is restored at most once."""
+
+    EMPTY = 0
+    SAVING = 1
+    SAVED = 2
+    RESTORING = 3
+    RESTORED = 4
+    DISCARDED = 5
+
+
+class Compression(IntEnum):
+    """Compression of chunk payloads."""
+
+    NONE = 0
+    LZ4 = 1
+    ZSTD = 2
+
+    @classmethod
+    def parse(cls, name: str) -> "Compression":
+        """Map ``lz4``/``zstd``/``none`` to a member, with a clear error otherwise."""
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise FormatError(f"unknown compression {name!r}: use lz4, zstd or none") from None
+
+    @property
+    def label(self) -> str:
+        """The lower-case name used in configuration and on the command line."""
+        return self.name.lower()
+
+
+def checksum(data: bytes | bytearray | memoryview) -> int:
+    """The checksum used everywhere: xxh3, 64 bits."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def _cstr(value: str, size: int, what: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > size:
+        raise FormatError(f"{what} is longer than {size} bytes")
+    return raw.ljust(size, b"\0")
+
+
+def _uncstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _restart_code(name: str) -> int:
+    if name not in RESTART_POINTS:
+        raise FormatError(f"unknown restart point {name!r}: one of {', '.join(RESTART_POINTS)}")
+    return RESTART_POINTS.index(name)
+
+
+def _restart_name(code: int) -> str:
+    if code >= len(RESTART_POINTS):
+        raise FormatError(f"unknown restart point code {code}")
+    return RESTART_POINTS[code]
+
+
+class _Record:
+    """Shared framing: magic, version, incompatible flags, length, checksum.
+
+    Subclasses declare ``MAGIC``, ``STRUCT`` (whose first fields are magic,
+    version, flags, length and whose last is the checksum) and
+    ``KNOWN_FLAGS``.
+    """
+
+    MAGIC: ClassVar[bytes]
+    STRUCT: ClassVar[struct.Struct]
+    KNOWN_FLAGS: ClassVar[int] = 0
+    NAME: ClassVar[str]
+
+    @classmethod
+    def _seal(cls, fields: tuple, tail: bytes = b"") -> bytes:
+        body = cls.STRUCT.pack(*fields, 0) + tail
+        return body[: cls.STRUCT.size - 8] + struct.pack("<Q", checksum(body)) + body[cls.STRUCT.size:]
+
+    @classmethod
+    def _open(cls, data: bytes | memoryview) -> tuple[tuple, bytes]:
+        """Check framing and checksum; return the fields and the tail after the fixed part."""
+        data = bytes(data)
+        if len(data) < cls.STRUCT.size:
+            raise FormatError(f"{cls.NAME} truncated: {len(data)} of {cls.STRUCT.size} bytes")
+        fields = cls.STRUCT.unpack_from(data)
+        magic, version, flags, length = fields[:4]
+        if magic != cls.MAGIC:
+            raise FormatError(f"not a kjumpd {cls.NAME} (magic {magic!r}, expected {cls.MAGIC!r})")
+        if version > FORMAT_VERSION or version == 0:
+            raise FormatError(
+                f"{cls.NAME} format version {version} is not supported (this kjumpd reads version "
+                f"{FORMAT_VERSION}); upgrade kjumpd or discard the image")
+        if flags & ~cls.KNOWN_FLAGS:
+            raise FormatError(f"{cls.NAME} uses unknown incompatible flags {flags & ~cls.KNOWN_FLAGS:#x}")
+        if length < cls.STRUCT.size or length > len(data):
+            raise FormatError(f"{cls.NAME} length {length} is impossible (have {len(data)} bytes)")
+        record = bytearray(data[:length])
+        stored = struct.unpack_from("<Q", record, cls.STRUCT.size - 8)[0]
+        record[cls.STRUCT.size - 8: cls.STRUCT.size] = bytes(8)
+        if checksum(record) != stored:
+            raise FormatError(f"{cls.NAME} checksum mismatch: the record is corrupt")
+        return fields, bytes(data[cls.STRUCT.size:length])
+
+
+# --- memory map -------------------------------------------------------------
+
+ENC_EXTENTS = 1
+ENC_BITMAP = 2
+
+
+class MemoryMapRecord(_Record):
+    """Binary encodings of a :class:`MemoryMap`; :meth:`encode` picks the smaller."""
+
+    MAGIC = b"KJMM"
+    NAME = "memory map"
+    # magic, version, flags, length, encoding, page size, count, base pfn, total pages, checksum
+    STRUCT = struct.Struct("<4sHHIHxxIQQQQ")
+
+    @classmethod
+    def encode(cls, memmap: MemoryMap, encoding: int | None = None) -> bytes:
+        """Encode ``memmap``; by default as extents or bitmap, whichever is smaller."""
+        extents = memmap.extents
+        ext_tail = b"".join(struct.pack("<QQ", e.start, e.count) for e in extents)
+        base = extents[0].start if extents else 0
+        span = (extents[-1].start + extents[-1].count - base) if extents else 0
+        bitmap_len = (span + 7) // 8
+        if encoding is None:
+            encoding = ENC_BITMAP if bitmap_len < len(ext_tail) else ENC_EXTENTS
+        if encoding == ENC_EXTENTS:
+            tail, count = ext_tail, len(extents)
+        elif encoding == ENC_BITMAP:
+            bits = bytearray(bitmap_len)
+            for e in extents:
+                for pfn in range(e.start - base, e.start - base + e.count):
+                    bits[pfn >> 3] |= 1 << (pfn & 7)
+            tail, count = bytes(bits), span
+        else:
+            raise FormatError(f"unknown memory map encoding {encoding}")
+        length = cls.STRUCT.size + len(tail)
+        return cls._seal((cls.MAGIC, FORMAT_VERSION, 0, length, encoding, PAGE_SIZE, count, base,
+                          memmap.total_pages), tail)
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> tuple[MemoryMap, int]:
+        """Decode a map; returns the map and the record's length in bytes."""
+        fields, tail = cls._open(data)
+        _, _, _, length, encoding, page_size, count, base, total = fields[:9]
+        if page_size != PAGE_SIZE:
+            raise FormatError(f"memory map page size {page_size} is not {PAGE_SIZE}")
+        if encoding == ENC_EXTENTS:
+            if len(tail) != 16 * count:
+                raise FormatError("memory map extent list has the wrong length")
+            extents = [Extent(*struct.unpack_from("<QQ", tail, 16 * i)) for i in range(count)]
+            memmap = MemoryMap(extents)
+            if len(memmap.extents) != count:
+                raise FormatError("memory map extents overlap or are not in order")
+        elif encoding == ENC_BITMAP:
+            if len(tail) != (count + 7) // 8:
+                raise FormatError("memory map bitmap has the wrong length")
+            memmap = MemoryMap(_bitmap_extents(tail, base, count))
+        else:
+            raise FormatError(f"unknown memory map encoding {encoding}")
+        if memmap.total_pages != total:
+            raise FormatError("memory map page count does not match its extents")
+        return memmap, length
+
+
+def _bitmap_extents(bits: bytes, base: int, count: int) -> list[Extent]:
+    extents: list[Extent] = []
+    run_start = None
+    for i in range(count):
+        if bits[i >> 3] >> (i & 7) & 1:
+            if run_start is None:
+                run_start = i
+        elif run_start is not None:
+            extents.append(Extent(base + run_start, i - run_start))
+            run_start = None
+    if run_start is not None:
+        extents.append(Extent(base + run_start, count - run_start))
+    return extents
+
+
+# --- identity ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Identity:
+    """Who A is: the image may only be restored into this system on this machine."""
+
+    boot_id: bytes = bytes(16)
+    machine_id: bytes = bytes(16)
+    kernel_release: str = ""
+    layout_fingerprint: bytes = bytes(32)
+    machine_fingerprint: bytes = bytes(32)
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<16s16s64s32s32s")
+
+    def pack(self) -> bytes:
+        """The 160-byte identity block shared by handoff and superblock."""
+        return self.STRUCT.pack(self.boot_id, self.machine_id,
+                                _cstr(self.kernel_release, 64, "kernel release"),
+                                self.layout_fingerprint, self.machine_fingerprint)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Identity":
+        """Inverse of :meth:`pack`."""
+        boot, machine, release, layout, fp = cls.STRUCT.unpack(raw)
+        return cls(boot, machine, _uncstr(release), layout, fp)
+
+    def mismatch(self, other: "Identity") -> str | None:
+        """Why an image of ``self`` cannot resume on a machine that is ``other``; None if it can."""
+        if self.machine_id != other.machine_id:
+            return "the image belongs to another installation (machine id differs)"
+        if self.machine_fingerprint != other.machine_fingerprint:
+            return "the machine changed since the image was written (CPUs or firmware tables differ)"
+        if self.layout_fingerprint != other.layout_fingerprint:
+            return "the RAM layout differs from the one the image was written for"
+        return None
+
+
+# --- handoff ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Handoff:
+    """What A tells B right before each jump, at HANDOFF_OFFSET of the image target."""
+
+    identity: Identity
+    restart_point: str
+    compression: Compression
+    region_base: int
+    region_size: int
+    low_base: int
+    low_size: int
+    memmap: MemoryMap
+    sequence: int = 0
+    created_ns: int = 0
+    target_id: str = ""
+
+    MAGIC: ClassVar[bytes] = b"KJHANDOF"
+
+    def pack(self) -> bytes:
+        """Serialise, memory map included."""
+        return HandoffRecord.pack(self)
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> "Handoff":
+        """Parse and check a handoff; FormatError when it is not valid."""
+        return HandoffRecord.unpack(data)
+
+
+class HandoffRecord(_Record):
+    """Framing of :class:`Handoff`."""
+
+    MAGIC = Handoff.MAGIC
+    NAME = "handoff"
+    # magic ver flags length | seq created | identity(160) | restart compression | region low | target_id | checksum
+    STRUCT = struct.Struct("<8sHHI" "QQ" "160s" "II" "QQQQ" "64s" "Q")
+
+    @classmethod
+    def pack(cls, h: Handoff) -> bytes:
+        """Serialise a handoff (see :meth:`Handoff.pack`)."""
+        tail = MemoryMapRecord.encode(h.memmap)
+        length = cls.STRUCT.size + len(tail)
+        if length > HANDOFF_MAX:
+            raise FormatError(f"handoff of {length} bytes exceeds the {HANDOFF_MAX}-byte header area")
+        return cls._seal((cls.MAGIC, FORMAT_VERSION, 0, length, h.sequence, h.created_ns,
+                          h.identity.pack(), _restart_code(h.restart_point), int(h.compression),
+                          h.region_base, h.region_size, h.low_base, h.low_size,
+                          _cstr(h.target_id, 64, "target id")), tail)
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> Handoff:
+        """Parse a handoff (see :meth:`Handoff.unpack`)."""
+        fields, tail = cls._open(data)
+        (_, _, _, _, seq, created, ident, restart, comp, rbase, rsize, lbase, lsize, target, _) = fields
+        memmap, used = MemoryMapRecord.decode(tail)
+        if used != len(tail):
+            raise FormatError("handoff length does not match its memory map")
+        try:
+            compression = Compression(comp)
+        except ValueError:
+            raise FormatError(f"handoff names unknown compression {comp}") from None
+        return Handoff(Identity.unpack(ident), _restart_name(restart), compression, rbase, rsize,
+                       lbase, lsize, memmap, seq, created, _uncstr(target))
+
+
+# --- superblock -------------------------------------------------------------
+
+RESULT_NONE = 0
+RESULT_OK = 1
+RESULT_FAILED = 2
+
+
+@dataclass(frozen=True)
+class Superblock:
+    """The image's first 4 KiB: state, identity, summary, timings."""
+
+    state: State = State.EMPTY
+    identity: Identity = field(default_factory=Identity)
+    sequence: int = 0
+    restart_point: str = "resume"
+    result: int = RESULT_NONE
+    compression: Compression = Compression.NONE
+    chunk_pages: int = 0
+    region_base: int = 0
+    region_size: int = 0
+    low_base: int = 0
+    low_size: int = 0
+    jump_back_entry: int = 0
+    pages_total: int = 0
+    pages_zero: int = 0
+    chunk_count: int = 0
+    stream_bytes: int = 0
+    stream_checksum: int = 0
+    handoff_checksum: int = 0
+    created_ns: int = 0
+    saved_ns: int = 0
+    restored_ns: int = 0
+    save_duration_ns: int = 0
+    restore_duration_ns: int = 0
+    target_id: str = ""
+    reason: str = ""
+
+    def evolve(self, **changes: object) -> "Superblock":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes the image occupies on the target (header area, stream, trailer)."""
+        return DATA_OFFSET + self.stream_bytes + ALIGN if self.state != State.EMPTY else 0
+
+    def pack(self) -> bytes:
+        """Serialise into exactly SUPERBLOCK_SIZE bytes."""
+        return SuperblockRecord.pack(self)
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> "Superblock":
+        """Parse; an all-zero block is an EMPTY superblock, anything else must be valid."""
+        return SuperblockRecord.unpack(data)
+
+
+class SuperblockRecord(_Record):
+    """Framing of :class:`Superblock`."""
+
+    MAGIC = b"KJSUPERB"
+    NAME = "superblock"
+    STRUCT = struct.Struct(
+        "<8sHHI"          # magic version flags length
+        "IIII"            # state restart result compression
+        "II"              # chunk_pages page_size
+        "Q160s"           # sequence identity
+        "QQQQQ"           # region base/size, low base/size, jump-back entry
+        "QQQQQQ"          # pages total/zero, chunks, stream bytes, stream checksum, handoff checksum
+        "QQQQQ"           # created saved restored, save/restore durations
+        "64s256s"         # target id, reason
+        "Q")              # checksum
+
+    @classmethod
+    def pack(cls, s: Superblock) -> bytes:
+        """Serialise a superblock (see :meth:`Superblock.pack`)."""
+        reason = s.reason.encode("utf-8")[:255].decode("utf-8", "ignore")
+        body = cls._seal((cls.MAGIC, FORMAT_VERSION, 0, cls.STRUCT.size,
+                          int(s.state), _restart_code(s.restart_point), s.result, int(s.compression),
+                          s.chunk_pages, PAGE_SIZE, s.sequence, s.identity.pack(),
+                          s.region_base, s.region_size, s.low_base, s.low_size, s.jump_back_entry,
+                          s.pages_total, s.pages_zero, s.chunk_count, s.stream_bytes,
+                          s.stream_checksum, s.handoff_checksum,
+                          s.created_ns, s.saved_ns, s.restored_ns, s.save_duration_ns,
+                          s.restore_duration_ns, _cstr(s.target_id, 64, "target id"),
+                          _cstr(reason, 256, "reason")))
+        return body.ljust(SUPERBLOCK_SIZE, b"\0")
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> Superblock:
+        """Parse a superblock (see :meth:`Superblock.unpack`)."""
+        data = bytes(data[:SUPERBLOCK_SIZE])
+        if not any(data):
+            return Superblock()
+        fields, _ = cls._open(data)
+        if any(data[cls.STRUCT.size:]):
+            raise FormatError("superblock has data after its end: the record is corrupt")
+        (_, _, _, _, state, restart, result, comp, chunk_pages, page_size, seq, ident,
+         rbase, rsize, lbase, lsize, entry, total, zero, chunks, sbytes, scsum, hcsum,
+         created, saved, restored, sdur, rdur, target, reason, _) = fields
+        if page_size != PAGE_SIZE:
+            raise FormatError(f"image page size {page_size} is not {PAGE_SIZE}")
+        try:
+            state_v, comp_v = State(state), Compression(comp)
+        except ValueError:
+            raise FormatError(f"superblock has unknown state {state} or compression {comp}") from None
+        return Superblock(state_v, Identity.unpack(ident), seq, _restart_name(restart), result, comp_v,
+                          chunk_pages, rbase, rsize, lbase, lsize, entry, total, zero, chunks, sbytes,
+                          scsum, hcsum, created, saved, restored, sdur, rdur, _uncstr(target),
+                          _uncstr(reason))
+
+
+# --- chunks and trailer -----------------------------------------------------
+
+CHUNK_FLAG_STORED_RAW = 0x1    # payload is the raw pages, whatever the image's compression
+
+
+@dataclass(frozen=True)
+class ChunkHeader:
+    """Header of one chunk: which map pages it covers, which are zero, how its payload is stored."""
+
+    index: int
+    first_page: int
+    pages: int
+    raw_len: int
+    stored_len: int
+    raw_checksum: int
+    stored_checksum: int
+    zero_bitmap: bytes
+    flags: int = 0
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<4sHHI" "IQIIIQQ" "Q")
+    MAGIC: ClassVar[bytes] = b"KJCH"
+
+    @property
+    def size(self) -> int:
+        """Header length including the zero bitmap."""
+        return self.STRUCT.size + len(self.zero_bitmap)
+
+    @property
+    def total(self) -> int:
+        """Bytes the chunk occupies in the stream, padded to ALIGN."""
+        return -(-(self.size + self.stored_len) // ALIGN) * ALIGN
+
+    def pack(self) -> bytes:
+        """Serialise the header and bitmap."""
+        return ChunkRecord.pack(self)
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> "ChunkHeader":
+        """Parse and check a chunk header."""
+        return ChunkRecord.unpack(data)
+
+
+class ChunkRecord(_Record):
+    """Framing of :class:`ChunkHeader`."""
+
+    MAGIC = ChunkHeader.MAGIC
+    NAME = "chunk header"
+    STRUCT = ChunkHeader.STRUCT
+    KNOWN_FLAGS = CHUNK_FLAG_STORED_RAW
+
+    @classmethod
+    def pack(cls, c: ChunkHeader) -> bytes:
+        """Serialise (see :meth:`ChunkHeader.pack`)."""
+        return cls._seal((cls.MAGIC, FORMAT_VERSION, c.flags, c.size, c.index, c.first_page, c.pages,
+                          c.raw_len, c.stored_len, c.raw_checksum, c.stored_checksum), c.zero_bitmap)
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> ChunkHeader:
+        """Parse (see :meth:`ChunkHeader.unpack`)."""
+        if len(data) >= 12:
+            length = struct.unpack_from("<I", data, 8)[0]
+            data = data[:length] if length <= len(data) else data
+        fields, tail = cls._open(data)
+        _, _, flags, _, index, first, pages, raw_len, stored_len, raw_sum, stored_sum, _ = fields
+        if len(tail) != (pages + 7) // 8:
+            raise FormatError(f"chunk {index} zero bitmap has the wrong length")
+        return ChunkHeader(index, first, pages, raw_len, stored_len, raw_sum, stored_sum, tail, flags)
+
+
+@dataclass(frozen=True)
+class Trailer:
+    """End of the chunk stream: counts and a checksum over every chunk's checksums."""
+
+    chunk_count: int
+    pages_total: int
+    pages_zero: int
+    stream_bytes: int
+    stream_checksum: int
+
+    def pack(self) -> bytes:
+        """Serialise into one ALIGN-sized block."""
+        return TrailerRecord.pack(self)
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> "Trailer":
+        """Parse and check a trailer."""
+        return TrailerRecord.unpack(data)
+
+
+class TrailerRecord(_Record):
+    """Framing of :class:`Trailer`."""
+
+    MAGIC = b"KJTRAILR"
+    NAME = "trailer"
+    STRUCT = struct.Struct("<8sHHI" "QQQQQ" "Q")
+
+    @classmethod
+    def pack(cls, t: Trailer) -> bytes:
+        """Serialise (see :meth:`Trailer.pack`)."""
+        return cls._seal((cls.MAGIC, FORMAT_VERSION, 0, cls.STRUCT.size, t.chunk_count, t.pages_total,
+                          t.pages_zero, t.stream_bytes, t.stream_checksum)).ljust(ALIGN, b"\0")
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> Trailer:
+        """Parse (see :meth:`Trailer.unpack`)."""
+        data = bytes(data[:ALIGN])
+        fields, _ = cls._open(data)
+        if any(data[cls.STRUCT.size:]):
+            raise FormatError("trailer has data after its end: the record is corrupt")
+        return Trailer(*fields[4:9])
+
+
+def stream_checksum_update(state: "xxhash.xxh3_64", header: ChunkHeader) -> None:
+    """Fold one chunk into the running stream checksum (its header's checksums, in order)."""
+    state.update(struct.pack("<QQQ", header.index, header.stored_checksum, header.raw_checksum))

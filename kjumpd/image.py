@@ -1,0 +1,471 @@
+"""The image engine: save physical memory to an image target, verify it, restore it.
+
+An image is a superblock, the handoff A wrote before the jump (which holds the
+memory map), a stream of independently checksummed chunks and a trailer; the
+bytes are specified in docs/format.md and packed by :mod:`kjumpd.format`.
+
+Saving runs the chunk encoder on a thread pool (the compressors and ``pread``
+release the GIL, so both CPU cores work) while the calling thread writes the
+chunks in order. Restoring first verifies the whole image read-only, decoding
+every chunk, and writes nothing at all if anything is wrong; only then does it
+mark the image ``RESTORING``, write the pages back and mark it ``RESTORED``
+(consumed). Each state change is durable before the next step.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import lz4.block
+import xxhash
+import zstandard
+
+from .errors import FormatError, ImageError
+from .format import (ALIGN, CHUNK_FLAG_STORED_RAW, DATA_OFFSET, HANDOFF_OFFSET, RESULT_OK,
+                     SUPERBLOCK_SIZE, ChunkHeader, Compression, Handoff, Identity, State, Superblock, Trailer,
+                     checksum, stream_checksum_update)
+from .memmap import PAGE_SIZE, MemoryMap
+from .physmem import PhysicalMemory
+from .target import ImageTarget
+
+CHUNK_PAGES = 256                      # 1 MiB of memory per chunk
+WORKERS = max(2, min(4, os.cpu_count() or 2))
+_ZERO_PAGE = bytes(PAGE_SIZE)
+_ZERO_CHUNK = bytes(CHUNK_PAGES * PAGE_SIZE)
+_READ_WINDOW = 16 << 20
+
+Progress = Callable[[int, int, str], None]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def required_capacity(memmap: MemoryMap, chunk_pages: int = CHUNK_PAGES) -> int:
+    """Worst-case bytes an image of ``memmap`` needs: every page stored raw, plus headers."""
+    chunks = -(-memmap.total_pages // chunk_pages)
+    return DATA_OFFSET + memmap.total_bytes + chunks * ALIGN + ALIGN
+
+
+# --- records ------------------------------------------------------------------
+
+def _padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % ALIGN)
+
+
+def read_superblock(target: ImageTarget) -> Superblock:
+    """Read the superblock; an all-zero block reads as EMPTY. FormatError if corrupt."""
+    raw = target.read(0, SUPERBLOCK_SIZE)
+    if len(raw) < SUPERBLOCK_SIZE:
+        raise FormatError(f"image target {target.path} is too small to hold a superblock")
+    return Superblock.unpack(raw)
+
+
+def write_superblock(target: ImageTarget, superblock: Superblock) -> None:
+    """Write the superblock and make it durable."""
+    target.write(0, superblock.pack())
+    target.sync()
+
+
+def set_state(target: ImageTarget, state: State, **fields: object) -> Superblock:
+    """Change the superblock's state (and other fields), durably; returns the new superblock."""
+    superblock = read_superblock(target).evolve(state=state, **fields)
+    write_superblock(target, superblock)
+    return superblock
+
+
+def discard(target: ImageTarget, reason: str) -> Superblock:
+    """Mark an image DISCARDED so that no boot resumes from it."""
+    return set_state(target, State.DISCARDED, reason=reason)
+
+
+def write_handoff(target: ImageTarget, handoff: Handoff) -> int:
+    """Write the handoff into the header area, durably; returns its checksum."""
+    data = handoff.pack()
+    target.write(HANDOFF_OFFSET, _padded(data))
+    target.sync()
+    return checksum(data)
+
+
+def read_handoff(target: ImageTarget) -> tuple[Handoff, int]:
+    """Read and check the handoff; returns it with the checksum of its bytes."""
+    head = target.read(HANDOFF_OFFSET, ALIGN)
+    if len(head) < 16:
+        raise FormatError(f"image target {target.path} is too small to hold a handoff")
+    length = int.from_bytes(head[12:16], "little")
+    if length > DATA_OFFSET - HANDOFF_OFFSET:
+        raise FormatError(f"handoff length {length} exceeds the header area: the record is corrupt")
+    data = head if length <= len(head) else target.read(HANDOFF_OFFSET, length)
+    handoff = Handoff.unpack(data)
+    return handoff, checksum(data[:length])
+
+
+# --- helpers --------------------------------------------------------------------
+
+def _ordered_map(pool: ThreadPoolExecutor, func: Callable[[T], R], items: Iterable[T],
+                 depth: int) -> Iterator[R]:
+    """Like ``pool.map`` but with at most ``depth`` items in flight (bounded memory)."""
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+class _Codec:
+    """Per-thread compressor and decompressor objects (zstd's are not thread-safe)."""
+
+    def __init__(self, compression: Compression) -> None:
+        self.compression = compression
+        self._local = threading.local()
+
+    def _zstd(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        pair = getattr(self._local, "zstd", None)
+        if pair is None:
+            pair = (zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor())
+            self._local.zstd = pair
+        return pair
+
+    def compress(self, raw: bytes) -> bytes:
+        """Compress a payload (may return something no smaller; the caller decides)."""
+        if self.compression == Compression.LZ4:
+            return lz4.block.compress(raw, store_size=False)
+        if self.compression == Compression.ZSTD:
+            return self._zstd()[0].compress(raw)
+        return raw
+
+    def decompress(self, stored: bytes, raw_len: int) -> bytes:
+        """Decompress a payload of known raw length; FormatError if it does not decode."""
+        try:
+            if self.compression == Compression.LZ4:
+                raw = lz4.block.decompress(stored, uncompressed_size=raw_len)
+            elif self.compression == Compression.ZSTD:
+                raw = self._zstd()[1].decompress(stored, max_output_size=raw_len)
+            else:
+                raw = stored
+        except (lz4.block.LZ4BlockError, zstandard.ZstdError) as exc:
+            raise FormatError(f"payload does not decompress: {exc}") from exc
+        if len(raw) != raw_len:
+            raise FormatError(f"payload decompresses to {len(raw)} bytes, expected {raw_len}")
+        return raw
+
+
+# --- save ---------------------------------------------------------------------------
+
+@dataclass
+class _Encoded:
+    header: ChunkHeader
+    block: bytearray
+    zero_pages: int
+
+
+def _encode_chunk(source: PhysicalMemory, memmap: MemoryMap, codec: _Codec, chunk_pages: int,
+                  index: int) -> _Encoded:
+    first = index * chunk_pages
+    pages = min(chunk_pages, memmap.total_pages - first)
+    parts = [source.read(addr, count * PAGE_SIZE) for addr, _, count in memmap.runs(first, pages)]
+    raw = parts[0] if len(parts) == 1 else b"".join(parts)
+    bitmap = bytearray((pages + 7) // 8)
+    if len(raw) == len(_ZERO_CHUNK) and raw == _ZERO_CHUNK:
+        bitmap[:] = b"\xff" * len(bitmap)
+        if pages % 8:
+            bitmap[-1] = (1 << (pages % 8)) - 1
+        payload = b""
+        zeros = pages
+    else:
+        view = memoryview(raw)
+        keep = []
+        zeros = 0
+        for i in range(pages):
+            page = view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+            if page == _ZERO_PAGE:
+                bitmap[i >> 3] |= 1 << (i & 7)
+                zeros += 1
+            else:
+                keep.append(page)
+        payload = raw if not zeros else b"".join(keep)
+    stored, flags = payload, 0
+    if payload and codec.compression != Compression.NONE:
+        compressed = codec.compress(payload)
+        if len(compressed) < len(payload):
+            stored = compressed
+        else:
+            flags = CHUNK_FLAG_STORED_RAW
+    header = ChunkHeader(index, first, pages, len(payload), len(stored), checksum(payload),
+                         checksum(stored), bytes(bitmap), flags)
+    head = header.pack()
+    block = bytearray(header.total)
+    block[:len(head)] = head
+    block[len(head):len(head) + len(stored)] = stored
+    return _Encoded(header, block, zeros)
+
+
+def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_back_entry: int = 0,
+         progress: Progress | None = None, chunk_pages: int = CHUNK_PAGES,
+         workers: int = WORKERS) -> Superblock:
+    """Save the pages of ``handoff.memmap`` from ``source`` into ``target``.
+
+    The handoff must already be on the target (A wrote it) or is written here.
+    Refuses before writing anything when the target is too small. Returns the
+    final (SAVED) superblock.
+    """
+    started = time.monotonic()
+    memmap = handoff.memmap
+    if not 0 < chunk_pages <= 8 * (ALIGN - ChunkHeader.STRUCT.size):
+        raise ValueError("chunk size out of range")
+    need = required_capacity(memmap, chunk_pages)
+    if target.capacity < need:
+        raise ImageError(
+            f"image target {target.path} is too small: it holds {target.capacity} bytes but saving "
+            f"{memmap.total_bytes >> 20} MiB of memory may need up to {need} bytes; nothing was written")
+    try:
+        on_disk, handoff_sum = read_handoff(target)
+    except FormatError:
+        on_disk, handoff_sum = None, 0
+    if on_disk != handoff:
+        handoff_sum = write_handoff(target, handoff)
+    superblock = Superblock(
+        state=State.SAVING, identity=handoff.identity, sequence=handoff.sequence,
+        restart_point=handoff.restart_point, compression=handoff.compression, chunk_pages=chunk_pages,
+        region_base=handoff.region_base, region_size=handoff.region_size, low_base=handoff.low_base,
+        low_size=handoff.low_size, jump_back_entry=jump_back_entry, pages_total=memmap.total_pages,
+        handoff_checksum=handoff_sum, created_ns=handoff.created_ns, target_id=handoff.target_id)
+    write_superblock(target, superblock)
+
+    codec = _Codec(handoff.compression)
+    chunks = -(-memmap.total_pages // chunk_pages)
+    stream = xxhash.xxh3_64()
+    position = DATA_OFFSET
+    zero_pages = 0
+    total = memmap.total_bytes
+    with ThreadPoolExecutor(workers, thread_name_prefix="kjump-save") as pool:
+        encoded = _ordered_map(pool, lambda i: _encode_chunk(source, memmap, codec, chunk_pages, i),
+                               range(chunks), workers * 3)
+        for item in encoded:
+            target.write(position, item.block)
+            position += len(item.block)
+            zero_pages += item.zero_pages
+            stream_checksum_update(stream, item.header)
+            if progress:
+                progress(min(total, (item.header.first_page + item.header.pages) * PAGE_SIZE), total, "save")
+    stream_bytes = position - DATA_OFFSET
+    trailer = Trailer(chunks, memmap.total_pages, zero_pages, stream_bytes, stream.intdigest())
+    target.write(position, trailer.pack())
+    target.sync()
+    superblock = superblock.evolve(
+        state=State.SAVED, result=RESULT_OK, pages_zero=zero_pages, chunk_count=chunks,
+        stream_bytes=stream_bytes, stream_checksum=trailer.stream_checksum, saved_ns=time.time_ns(),
+        save_duration_ns=int((time.monotonic() - started) * 1e9))
+    write_superblock(target, superblock)
+    return superblock
+
+
+# --- read side ------------------------------------------------------------------------
+
+class _Window:
+    """Sequential reads of the stream through large buffered windows."""
+
+    def __init__(self, target: ImageTarget) -> None:
+        self.target = target
+        self._start = 0
+        self._data = b""
+
+    def take(self, position: int, length: int) -> memoryview:
+        if not (self._start <= position and position + length <= self._start + len(self._data)):
+            self._start = position
+            self._data = self.target.read(position, max(length, _READ_WINDOW))
+        offset = position - self._start
+        view = memoryview(self._data)[offset:offset + length]
+        if len(view) < length:
+            raise FormatError(f"image is truncated at byte {position + len(view)}")
+        return view
+
+
+def _chunks(target: ImageTarget, superblock: Superblock) -> Iterator[tuple[ChunkHeader, memoryview]]:
+    """Yield each chunk's checked header and stored payload, then check the trailer."""
+    window = _Window(target)
+    stream = xxhash.xxh3_64()
+    position = DATA_OFFSET
+    zero_pages = 0
+    for index in range(superblock.chunk_count):
+        where = f"chunk {index} (byte {position})"
+        try:
+            header = ChunkHeader.unpack(window.take(position, min(ALIGN, target.capacity - position)))
+        except FormatError as exc:
+            raise ImageError(f"{where}: {exc}") from exc
+        expected_pages = min(superblock.chunk_pages, superblock.pages_total - index * superblock.chunk_pages)
+        if (header.index, header.first_page, header.pages) != (
+                index, index * superblock.chunk_pages, expected_pages):
+            raise ImageError(f"{where}: header describes chunk {header.index} — the stream is out of order")
+        zeros = sum(bin(b).count("1") for b in header.zero_bitmap)
+        if header.raw_len != (header.pages - zeros) * PAGE_SIZE:
+            raise ImageError(f"{where}: payload length does not match its zero-page bitmap")
+        try:
+            stored = window.take(position + header.size, header.stored_len)
+        except FormatError as exc:
+            raise ImageError(f"{where}: {exc}") from exc
+        if checksum(stored) != header.stored_checksum:
+            raise ImageError(f"{where}: data checksum mismatch — the image is corrupt")
+        zero_pages += zeros
+        stream_checksum_update(stream, header)
+        yield header, stored
+        position += header.total
+    try:
+        trailer = Trailer.unpack(window.take(position, ALIGN))
+    except FormatError as exc:
+        raise ImageError(f"trailer (byte {position}): {exc}") from exc
+    expect = Trailer(superblock.chunk_count, superblock.pages_total, zero_pages,
+                     position - DATA_OFFSET, stream.intdigest())
+    if trailer != expect or trailer.stream_checksum != superblock.stream_checksum:
+        raise ImageError("trailer does not match the chunk stream and superblock — the image is corrupt")
+
+
+def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
+    """The superblock and handoff of an image that may be restored, or ImageError why not."""
+    try:
+        superblock = read_superblock(target)
+    except FormatError as exc:
+        raise ImageError(f"superblock: {exc}") from exc
+    if superblock.state != State.SAVED:
+        why = {
+            State.EMPTY: "holds no image",
+            State.SAVING: "holds an incomplete image (the save was interrupted)",
+            State.RESTORING: "holds an image whose restore was interrupted; it is not used again",
+            State.RESTORED: "holds an image that was already restored (consumed)",
+            State.DISCARDED: "holds a discarded image",
+        }[superblock.state]
+        detail = f": {superblock.reason}" if superblock.reason else ""
+        raise ImageError(f"{target.path} {why}{detail}")
+    try:
+        handoff, handoff_sum = read_handoff(target)
+    except FormatError as exc:
+        raise ImageError(f"handoff: {exc}") from exc
+    if handoff_sum != superblock.handoff_checksum:
+        raise ImageError("the handoff on the target is not the one this image was saved from")
+    if handoff.memmap.total_pages != superblock.pages_total:
+        raise ImageError("the memory map does not match the superblock's page count")
+    if superblock.chunk_pages <= 0 or superblock.chunk_count != -(-superblock.pages_total // superblock.chunk_pages):
+        raise ImageError("superblock chunk count does not match its page count")
+    return superblock, handoff
+
+
+def _decode(codec: _Codec, header: ChunkHeader, stored: memoryview) -> bytes:
+    raw = bytes(stored) if header.flags & CHUNK_FLAG_STORED_RAW else codec.decompress(bytes(stored), header.raw_len)
+    if len(raw) != header.raw_len or checksum(raw) != header.raw_checksum:
+        raise FormatError("decoded pages do not match their checksum")
+    return raw
+
+
+def _decoded(target: ImageTarget, superblock: Superblock, workers: int, progress: Progress | None,
+             phase: str) -> Iterator[tuple[ChunkHeader, bytes]]:
+    """Every chunk decoded and checked, in order, decoding on a thread pool."""
+    codec = _Codec(superblock.compression)
+    total = superblock.pages_total * PAGE_SIZE
+
+    def work(item: tuple[ChunkHeader, memoryview]) -> tuple[ChunkHeader, bytes]:
+        header, stored = item
+        try:
+            return header, _decode(codec, header, stored)
+        except FormatError as exc:
+            raise ImageError(f"chunk {header.index}: {exc}") from exc
+
+    with ThreadPoolExecutor(workers, thread_name_prefix=f"kjump-{phase}") as pool:
+        for header, raw in _ordered_map(pool, work, _chunks(target, superblock), workers * 3):
+            if progress:
+                progress(min(total, (header.first_page + header.pages) * PAGE_SIZE), total, phase)
+            yield header, raw
+
+
+def verify(target: ImageTarget, *, progress: Progress | None = None, workers: int = WORKERS) -> Superblock:
+    """Check every record and chunk of a restorable image, decoding all pages; ImageError why not."""
+    superblock, _ = _usable(target)
+    for _ in _decoded(target, superblock, workers, progress, "verify"):
+        pass
+    return superblock
+
+
+def _scatter(dest: PhysicalMemory, memmap: MemoryMap, header: ChunkHeader, raw: bytes) -> None:
+    """Write one chunk's pages to their physical addresses, zero pages as zeros."""
+    bits = int.from_bytes(header.zero_bitmap, "little")
+    source = memoryview(raw)
+    taken = 0
+    for address, offset, count in memmap.runs(header.first_page, header.pages):
+        page = 0
+        while page < count:
+            zero = bits >> (offset + page) & 1
+            run = page
+            while run < count and (bits >> (offset + run) & 1) == zero:
+                run += 1
+            length = (run - page) * PAGE_SIZE
+            if zero:
+                dest.write(address + page * PAGE_SIZE, _ZERO_CHUNK[:length] if length <= len(_ZERO_CHUNK)
+                           else bytes(length))
+            else:
+                dest.write(address + page * PAGE_SIZE, source[taken:taken + length])
+                taken += length
+            page = run
+
+
+def restore(target: ImageTarget, dest: PhysicalMemory, *, progress: Progress | None = None,
+            expect: Identity | None = None, workers: int = WORKERS) -> Superblock:
+    """Verify the whole image, then write its pages to ``dest`` and mark it consumed.
+
+    Nothing is written to ``dest`` (or the target) unless the read-only pass
+    found the image whole and, with ``expect``, made for this machine.
+    """
+    started = time.monotonic()
+    superblock, handoff = _usable(target)
+    if expect is not None:
+        reason = superblock.identity.mismatch(expect)
+        if reason:
+            raise ImageError(f"refusing to restore: {reason}")
+    for r in handoff.memmap.ranges():
+        problem = dest.check_range(r.start, r.size)
+        if problem:
+            raise ImageError(f"refusing to restore: the image was written for another layout ({problem})")
+    for _ in _decoded(target, superblock, workers, progress, "verify"):
+        pass
+    set_state(target, State.RESTORING)
+    for header, raw in _decoded(target, superblock, workers, progress, "restore"):
+        _scatter(dest, handoff.memmap, header, raw)
+    dest.flush()
+    return set_state(target, State.RESTORED, restored_ns=time.time_ns(),
+                     restore_duration_ns=int((time.monotonic() - started) * 1e9))
+
+
+def describe(target: ImageTarget) -> dict[str, object]:
+    """What the target holds, for people and for ``--json``: never raises for a corrupt image."""
+    info: dict[str, object] = {"target": target.path, "offset": target.offset, "capacity": target.capacity}
+    try:
+        sb = read_superblock(target)
+    except FormatError as exc:
+        info.update(state="INVALID", problem=str(exc))
+        return info
+    info.update(
+        state=sb.state.name, restart_point=sb.restart_point, compression=sb.compression.label,
+        sequence=sb.sequence, kernel_release=sb.identity.kernel_release,
+        boot_id=sb.identity.boot_id.hex(), machine_id=sb.identity.machine_id.hex(),
+        layout_fingerprint=sb.identity.layout_fingerprint.hex(),
+        region=[sb.region_base, sb.region_size], jump_back_entry=sb.jump_back_entry,
+        pages_total=sb.pages_total, pages_zero=sb.pages_zero, memory_bytes=sb.pages_total * PAGE_SIZE,
+        chunks=sb.chunk_count, image_bytes=sb.image_bytes, created_ns=sb.created_ns, saved_ns=sb.saved_ns,
+        restored_ns=sb.restored_ns, save_seconds=sb.save_duration_ns / 1e9,
+        restore_seconds=sb.restore_duration_ns / 1e9, target_id=sb.target_id, reason=sb.reason)
+    if sb.state != State.EMPTY:
+        try:
+            handoff, _ = read_handoff(target)
+            info["memory_map"] = [[r.start, r.end] for r in handoff.memmap.ranges()]
+        except FormatError as exc:
+            info["problem"] = f"handoff: {exc}"
+    return info
+

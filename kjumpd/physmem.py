@@ -1,0 +1,164 @@
+"""Physical memory as a byte source and sink for the image engine.
+
+Two kinds: a plain file that stands for RAM from a base physical address (the
+simulated machine, tests, ``kjumpctl image``), and ``/dev/mem`` on the real
+machine. ``/dev/mem`` is reached through ``mmap``: in the hibernate kernel
+``read()``/``write()`` stop at its own top of RAM, ``mmap`` does not, and A's
+RAM lies above it (DESIGN.md, research/qemu-resume-from-disk-6.1.md).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from abc import ABC, abstractmethod
+
+from .errors import ImageError
+
+_WINDOW = 64 << 20     # /dev/mem is mapped in windows of this size
+
+
+class PhysicalMemory(ABC):
+    """Read and write physical memory by address."""
+
+    @abstractmethod
+    def read(self, address: int, length: int) -> bytes:
+        """Return ``length`` bytes from physical ``address``."""
+
+    @abstractmethod
+    def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at physical ``address``."""
+
+    def check_range(self, address: int, length: int) -> str | None:
+        """Why ``[address, address+length)`` cannot be written here; None when it can."""
+        return None
+
+    def flush(self) -> None:
+        """Make written data durable where that means anything (files)."""
+
+    def close(self) -> None:
+        """Release the underlying file."""
+
+    def __enter__(self) -> "PhysicalMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FileMemory(PhysicalMemory):
+    """A file standing for RAM: file offset = physical address - ``base``."""
+
+    def __init__(self, path: str, *, base: int = 0, writable: bool = False) -> None:
+        self.path = path
+        self.base = base
+        try:
+            self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        except OSError as exc:
+            raise ImageError(f"cannot open memory file {path}: {exc.strerror}") from exc
+        self.size = os.fstat(self._fd).st_size
+
+    def check_range(self, address: int, length: int) -> str | None:
+        """Why the range lies outside the file; None when it is inside."""
+        offset = address - self.base
+        if offset < 0 or offset + length > self.size:
+            return (f"physical range {address:#x}-{address + length - 1:#x} lies outside "
+                    f"{self.path}, which holds {self.base:#x}-{self.base + self.size - 1:#x}")
+        return None
+
+    def _offset(self, address: int, length: int) -> int:
+        problem = self.check_range(address, length)
+        if problem:
+            raise ImageError(problem)
+        return address - self.base
+
+    def read(self, address: int, length: int) -> bytes:
+        """Read with ``pread`` (the page cache copy is the fastest route for a file)."""
+        data = os.pread(self._fd, length, self._offset(address, length))
+        if len(data) != length:
+            raise ImageError(f"short read from memory file {self.path} at {address:#x}")
+        return data
+
+    def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
+        """Write with ``pwrite``."""
+        offset = self._offset(address, len(data))
+        view = memoryview(data)
+        while view:
+            done = os.pwrite(self._fd, view, offset)
+            view, offset = view[done:], offset + done
+
+    def flush(self) -> None:
+        """fsync the file."""
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class DevMem(PhysicalMemory):
+    """``/dev/mem`` through ``mmap`` windows (reaches RAM above the running kernel's own)."""
+
+    def __init__(self, path: str = "/dev/mem", *, writable: bool = False) -> None:
+        self.path = path
+        self.writable = writable
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_SYNC
+        try:
+            self._fd = os.open(path, flags)
+        except OSError as exc:
+            raise ImageError(f"cannot open {path}: {exc.strerror} (needs CONFIG_DEVMEM and root)") from exc
+        self._window: tuple[int, mmap.mmap] | None = None
+
+    def _map(self, address: int, length: int) -> tuple[mmap.mmap, int]:
+        start = address - address % _WINDOW
+        if address + length > start + _WINDOW:
+            raise ValueError("access crosses a /dev/mem window")
+        if self._window is None or self._window[0] != start:
+            self._drop()
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
+            try:
+                area = mmap.mmap(self._fd, _WINDOW, mmap.MAP_SHARED, prot, offset=start)
+            except OSError as exc:
+                raise ImageError(f"cannot map physical memory at {start:#x}: {exc.strerror}") from exc
+            self._window = (start, area)
+        return self._window[1], address - start
+
+    def _pieces(self, address: int, length: int):
+        while length:
+            step = min(length, _WINDOW - address % _WINDOW)
+            yield address, step
+            address += step
+            length -= step
+
+    def read(self, address: int, length: int) -> bytes:
+        """Copy out of the mapped window(s)."""
+        parts = []
+        for addr, step in self._pieces(address, length):
+            area, off = self._map(addr, step)
+            parts.append(area[off:off + step])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy into the mapped window(s)."""
+        view = memoryview(data)
+        for addr, step in self._pieces(address, len(view)):
+            area, off = self._map(addr, step)
+            area[off:off + step] = view[:step]
+            view = view[step:]
+
+    def flush(self) -> None:
+        """Nothing to do: writes went straight to RAM."""
+
+    def _drop(self) -> None:
+        if self._window is not None:
+            self._window[1].close()
+            self._window = None
+
+    def close(self) -> None:
+        """Unmap and close."""
+        self._drop()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
