@@ -1,0 +1,472 @@
+"""kjumpd, the daemon in kernel A: the hibernation state machine and the process around it.
+
+``Manager`` owns one ``Hibernator`` and the daemon's state (idle, preparing,
+hibernating). Long work (staging the hibernate kernel, a whole hibernation)
+runs in a worker thread; its progress and its end are handed back to the
+main loop through ``schedule`` and reported to observers as property changes
+and events. The manager knows nothing about D-Bus (``dbus_service`` binds it)
+nor which machine the hibernator drives.
+
+``main()`` is the ``kjumpd`` command: configuration, logging, the GLib main
+loop, ``sd_notify``, SIGTERM (stop; a running hibernation is cancelled first)
+and SIGHUP (re-read the configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from . import __version__
+from . import config as configmod
+from .config import Config, ConfigError
+from .errors import KjumpError, RefusedError
+from .format import RESTART_POINTS
+
+log = logging.getLogger("kjumpd")
+
+IDLE, PREPARING, HIBERNATING = "idle", "preparing", "hibernating"
+SLEEP_OPERATIONS = ("hibernate", "hybrid-sleep")
+OPTIONS = {"force": bool, "sleep-operation": str}
+
+
+class Busy(KjumpError):
+    """Another hibernation or preparation is running."""
+
+
+class NotReady(KjumpError):
+    """Hibernation is not possible now; the message lists the problems."""
+
+
+class InvalidRestartPoint(KjumpError):
+    """The restart point is not one the daemon supports."""
+
+
+class InvalidOption(KjumpError):
+    """An option of HibernateWithOptions is unknown or has the wrong type."""
+
+
+class NotRunning(KjumpError):
+    """Cancel was asked while no hibernation runs."""
+
+
+class HibernatorLike(Protocol):
+    """What the manager needs from ``kjumpd.hibernator.Hibernator``."""
+
+    def problems(self, *, force: bool = False) -> list[str]: ...
+    def is_staged(self) -> bool: ...
+    def stage(self) -> None: ...
+    def region(self) -> tuple[int, int]: ...
+    def image_capacity(self) -> int: ...
+    def estimated_image_size(self) -> int: ...
+    def hibernate(self, restart_point: str, *, force: bool = False, progress: Any = None, cancel: Any = None) -> Any: ...
+
+
+class Observer(Protocol):
+    """Receives the manager's changes on the main loop (the D-Bus service is one)."""
+
+    def properties_changed(self, changed: dict[str, Any]) -> None: ...
+    def resumed(self, restart_point: str, details: dict[str, Any]) -> None: ...
+    def devices_changed(self, added: list[str], removed: list[str]) -> None: ...
+
+
+HibernatorFactory = Callable[[Config, tuple], HibernatorLike]
+Schedule = Callable[[Callable[[], None]], None]
+
+
+class TrackerParticipant:
+    """Wraps the device tracker as a hibernation participant and keeps what ``after_jump`` reported."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+        self.last_change: dict[str, list[str]] = {}
+
+    def problems(self, *, force: bool = False) -> list[str]:
+        return list(self.tracker.problems(force=force))
+
+    def before_jump(self) -> None:
+        self.last_change = {}
+        self.tracker.before_jump()
+
+    def after_jump(self) -> dict:
+        self.last_change = dict(self.tracker.after_jump())
+        return self.last_change
+
+    @property
+    def memory_stale(self) -> bool:
+        return bool(self.tracker.memory_stale)
+
+
+@dataclass
+class _Work:
+    """The job running in the worker thread."""
+
+    kind: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    when_done: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Manager:
+    """The daemon's state and operations, independent of the bus binding.
+
+    Every public method runs on the main loop. ``schedule(fn)`` must run
+    ``fn`` on that loop soon (``GLib.idle_add`` in the daemon); the worker
+    thread uses it for every result, so state is only ever changed on the
+    main loop.
+    """
+
+    def __init__(self, config: Config, hibernator_factory: HibernatorFactory, schedule: Schedule,
+                 tracker: TrackerParticipant | None = None) -> None:
+        self.config = config
+        self._factory = hibernator_factory
+        self._schedule = schedule
+        self.tracker = tracker
+        self.hibernator = hibernator_factory(config, self._participants())
+        self.observers: list[Observer] = []
+        self._work: _Work | None = None
+        self._pending_config: Config | None = None
+        self._stage_error = ""
+        self._props: dict[str, Any] = {
+            "State": IDLE, "Phase": "", "Progress": 0.0, "LastResult": {}, "Version": __version__,
+            "SupportedRestartPoints": list(RESTART_POINTS),
+        }
+        self._props.update(self._computed())
+
+    # --- properties -------------------------------------------------------------------------
+
+    def _participants(self) -> tuple:
+        return (self.tracker,) if self.tracker else ()
+
+    def _computed(self) -> dict[str, Any]:
+        """Properties read from the hibernator and the configuration; only called while idle."""
+        problems = list(self.hibernator.problems())
+        if self._stage_error:
+            problems.append(self._stage_error)
+        return {
+            "Staged": bool(self.hibernator.is_staged()),
+            "DefaultRestartPoint": self.config.hibernate_restart_point,
+            "HybridSleepRestartPoint": self.config.hybrid_sleep_restart_point,
+            "ImageTarget": self.config.image_target,
+            "ImageCapacity": int(self.hibernator.image_capacity()),
+            "EstimatedImageSize": int(self.hibernator.estimated_image_size()),
+            "Region": tuple(int(v) for v in self.hibernator.region()),
+            "Problems": problems,
+        }
+
+    def get(self, name: str) -> Any:
+        """The current value of a property."""
+        return self._props[name]
+
+    def properties(self) -> dict[str, Any]:
+        """All properties."""
+        return dict(self._props)
+
+    def _set(self, **values: Any) -> None:
+        changed = {k: v for k, v in values.items() if self._props.get(k) != v}
+        if not changed:
+            return
+        self._props.update(changed)
+        for observer in self.observers:
+            observer.properties_changed(changed)
+
+    def refresh(self) -> None:
+        """Re-read the hibernator's view (devices changed, configuration reloaded, work ended)."""
+        if self._work is None:
+            self._set(**self._computed())
+
+    # --- operations ---------------------------------------------------------------------------
+
+    def resolve_restart_point(self, restart_point: str, operation: str = "hibernate") -> str:
+        """``""`` means the configured default of the sleep operation; anything else must be supported."""
+        if operation not in SLEEP_OPERATIONS:
+            raise InvalidOption(f"sleep-operation must be one of {', '.join(SLEEP_OPERATIONS)}, not {operation!r}")
+        if restart_point == "":
+            return self.config.restart_point_for(operation)
+        if restart_point not in RESTART_POINTS:
+            raise InvalidRestartPoint(
+                f"unknown restart point {restart_point!r}; supported: {', '.join(RESTART_POINTS)}")
+        return restart_point
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """Refuse unknown options and options of the wrong type."""
+        for key, value in options.items():
+            if key not in OPTIONS:
+                raise InvalidOption(f"unknown option {key!r}; known: {', '.join(OPTIONS)}")
+            if type(value) is not OPTIONS[key]:
+                raise InvalidOption(f"option {key!r} must be a {OPTIONS[key].__name__}, not {type(value).__name__}")
+
+    def can_hibernate(self) -> str:
+        """``yes`` when a hibernation could start now, ``na`` when something prevents it."""
+        return "na" if self._props["Problems"] else "yes"
+
+    def hibernate(self, restart_point: str, options: dict[str, Any] | None = None) -> str:
+        """Start a hibernation in the worker thread and return the restart point it uses.
+
+        Everything is checked before anything starts: a bad argument, a
+        running job or any problem raises and leaves the state unchanged.
+        """
+        options = dict(options or {})
+        self.check_options(options)
+        point = self.resolve_restart_point(restart_point, options.get("sleep-operation", "hibernate"))
+        force = options.get("force", False)
+        if self._work is not None:
+            raise Busy(f"kjumpd is busy ({self._props['State']})")
+        problems = list(self.hibernator.problems(force=force))
+        if problems:
+            self._set(Problems=problems)
+            raise NotReady("hibernation is not possible: " + "; ".join(problems))
+        log.info("hibernation requested, restart point %s%s", point, " (forced)" if force else "",
+                 extra={"KJUMP_RESTART_POINT": point})
+        work = self._start(HIBERNATING)
+        self._run(work, lambda: self.hibernator.hibernate(
+            point, force=force, progress=self._progress_from_worker, cancel=work.cancel),
+            lambda outcome: self._hibernate_done(point, outcome))
+        return point
+
+    def prepare(self) -> None:
+        """Stage the hibernate kernel in the worker thread (joins a preparation already running)."""
+        if self._work is not None and self._work.kind == HIBERNATING:
+            raise Busy("kjumpd is hibernating")
+        if self._work is None:
+            self._run(self._start(PREPARING), self.hibernator.stage, self._prepare_done)
+
+    def cancel(self) -> None:
+        """Ask the running hibernation to stop before the jump."""
+        if self._work is None or self._work.kind != HIBERNATING:
+            raise NotRunning("no hibernation is running")
+        log.info("cancel requested")
+        self._work.cancel.set()
+
+    def prepare_for_sleep(self, done: Callable[[], None]) -> None:
+        """Before any sleep: make sure the kernel is staged, then call ``done`` (on the main loop)."""
+        if self._work is None and not self._props["Staged"]:
+            self.prepare()
+        self.when_idle(done)
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` now when idle, else when the running job has ended."""
+        if self._work is None:
+            callback()
+        else:
+            self._work.when_done.append(callback)
+
+    def reload(self, config: Config) -> None:
+        """Use a new configuration; while a job runs it is applied when the job ends."""
+        if self._work is not None:
+            self._pending_config = config
+            return
+        self.config = config
+        self.hibernator = self._factory(config, self._participants())
+        self._stage_error = ""
+        self.refresh()
+        log.info("configuration reloaded from %s", ", ".join(config.sources) or "defaults")
+
+    # --- worker ---------------------------------------------------------------------------------
+
+    def _start(self, kind: str) -> _Work:
+        self._work = _Work(kind)
+        self._set(State=kind, Phase="", Progress=0.0)
+        return self._work
+
+    def _run(self, work: _Work, job: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        def body() -> None:
+            try:
+                outcome: Any = job()
+            except Exception as exc:  # every failure is reported, none may kill the daemon
+                outcome = exc
+            self._schedule(lambda: self._finish(work, done, outcome))
+        threading.Thread(target=body, name=f"kjumpd-{work.kind}", daemon=True).start()
+
+    def _finish(self, work: _Work, done: Callable[[Any], None], outcome: Any) -> None:
+        self._work = None
+        done(outcome)
+        if self._pending_config is not None:
+            config, self._pending_config = self._pending_config, None
+            self.reload(config)
+        self._set(State=IDLE, Phase="", Progress=0.0, **self._computed())
+        for callback in work.when_done:
+            callback()
+
+    def _progress_from_worker(self, phase: str, fraction: float) -> None:
+        self._schedule(lambda: self._progress(phase, fraction))
+
+    def _progress(self, phase: str, fraction: float) -> None:
+        # One signal per whole percent at most: progress callbacks may come per chunk.
+        if self._work is None:
+            return
+        fraction = max(0.0, min(1.0, float(fraction)))
+        if phase != self._props["Phase"] or abs(fraction - self._props["Progress"]) >= 0.01 or fraction == 1.0:
+            self._set(Phase=phase, Progress=fraction)
+
+    def _prepare_done(self, outcome: Any) -> None:
+        if isinstance(outcome, Exception):
+            self._stage_error = f"staging the hibernate kernel failed: {outcome}"
+            log.error("%s", self._stage_error)
+        else:
+            self._stage_error = ""
+            log.info("hibernate kernel staged")
+
+    def _hibernate_done(self, point: str, outcome: Any) -> None:
+        if isinstance(outcome, Exception):
+            kind = "refused" if isinstance(outcome, RefusedError) else "failed"
+            if not isinstance(outcome, KjumpError):
+                log.error("hibernation crashed", exc_info=outcome)
+            result = {"restart-point": point, "success": False, "result": kind, "reason": str(outcome)}
+            log.error("hibernation %s: %s", kind, outcome, extra={"KJUMP_RESTART_POINT": point})
+            self._set(LastResult=result)
+            return
+        result = dict(outcome.as_dict())
+        log.info("hibernation ended: %s %s", result.get("result"), result.get("reason", ""),
+                 extra={"KJUMP_RESTART_POINT": point, "KJUMP_RESULT": str(result.get("result"))})
+        self._set(LastResult=result)
+        for observer in self.observers:
+            observer.resumed(point, result)
+        if self.tracker is not None:
+            change = self.tracker.last_change
+            added, removed = list(change.get("devices-added", [])), list(change.get("devices-removed", []))
+            if added or removed:
+                for observer in self.observers:
+                    observer.devices_changed(added, removed)
+            if self.tracker.memory_stale:
+                log.info("memory layout changed during the hibernation: staging again")
+                self._schedule(lambda: self.prepare())
+
+
+# --- the process ------------------------------------------------------------------------------------
+
+
+def settings_from(config: Config) -> Any:
+    """The hibernator's settings from the daemon's configuration."""
+    from .hibernator import HibernateSettings
+
+    return HibernateSettings(
+        image_target=config.image_target, image_offset=config.image_offset, compression=config.compression,
+        kernel=config.kernel, initrd=config.initrd, region_size=config.region_size,
+        kernel_arguments=config.kernel_arguments)
+
+
+def make_hibernator(config: Config, participants: tuple) -> HibernatorLike:
+    """Open the configured machine and build a Hibernator for it (the daemon's factory)."""
+    from .hibernator import Hibernator
+    from .machine import open_machine
+
+    return Hibernator(open_machine(config.machine_type, config.machine_path), settings_from(config), participants)
+
+
+def make_tracker(config: Config, on_change: Callable[[], None]) -> TrackerParticipant | None:
+    """The udev device tracker, when kjumpd.devices is installed; None otherwise."""
+    try:
+        from .devices import DeviceTracker
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.devices":
+            raise
+        log.warning("device tracking is not available (kjumpd.devices is missing)")
+        return None
+    tracker = DeviceTracker(config.image_target, on_change=on_change)
+    tracker.start()
+    return TrackerParticipant(tracker)
+
+
+def notify(message: str) -> None:
+    """sd_notify, quiet when not started by systemd (a missing socket is not an error here)."""
+    try:
+        from systemd import daemon as sd_daemon
+
+        sd_daemon.notify(message)
+    except (ImportError, OSError) as exc:
+        log.debug("sd_notify(%r) failed: %s", message, exc)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kjumpd", description="kexec-jump hibernation daemon (org.kjump.Hibernate1).")
+    parser.add_argument("--config", metavar="DIR", type=Path, default=configmod.DEFAULT_DIR,
+                        help="configuration directory holding kjumpd.conf and kjumpd.conf.d/ (default %(default)s)")
+    parser.add_argument("--bus-address", metavar="ADDRESS",
+                        help="serve on this D-Bus address instead of the system bus")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"kjumpd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the daemon until SIGTERM; returns the exit code."""
+    args = parse_args(argv)
+    from . import log as logsetup
+
+    logsetup.setup("kjumpd", getattr(logging, args.log_level.upper()))
+    try:
+        config = configmod.load(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        notify(f"STATUS=configuration error: {exc}")
+        return 1
+    if args.check_config:
+        print(f"configuration OK ({', '.join(config.sources) or 'defaults'})")
+        return 0
+
+    from gi.repository import GLib
+
+    from . import dbus_service
+
+    def schedule(fn: Callable[[], None]) -> None:
+        def once() -> bool:
+            fn()
+            return GLib.SOURCE_REMOVE
+        GLib.idle_add(once)
+
+    manager_ref: list[Manager] = []
+    tracker = make_tracker(config, lambda: schedule(lambda: manager_ref[0].refresh()))
+    try:
+        manager = Manager(config, make_hibernator, schedule, tracker)
+    except KjumpError as exc:
+        log.error("cannot start: %s", exc)
+        notify(f"STATUS=cannot start: {exc}")
+        return 1
+    manager_ref.append(manager)
+    loop = GLib.MainLoop()
+    try:
+        service = dbus_service.Service.start(manager, args.bus_address, on_bus_lost=loop.quit)
+    except dbus_service.BusError as exc:
+        log.error("%s", exc)
+        return 1
+
+    def on_term() -> bool:
+        notify("STOPPING=1")
+        if manager.get("State") == HIBERNATING:
+            log.info("SIGTERM during a hibernation: cancelling it, then stopping")
+            manager.cancel()
+        manager.when_idle(loop.quit)
+        return GLib.SOURCE_CONTINUE
+
+    def on_hup() -> bool:
+        notify("RELOADING=1")
+        try:
+            manager.reload(configmod.load(args.config))
+        except ConfigError as exc:
+            log.error("configuration not reloaded, keeping the old one: %s", exc)
+        notify("READY=1")
+        return GLib.SOURCE_CONTINUE
+
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, on_term)
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, on_term)
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGHUP, on_hup)
+    notify("READY=1\nSTATUS=serving org.kjump.Hibernate1")
+    log.info("kjumpd %s serving org.kjump.Hibernate1 (%s)", __version__, args.bus_address or "system bus")
+    loop.run()
+    service.stop()
+    if tracker is not None:
+        tracker.tracker.stop()
+    log.info("kjumpd stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
