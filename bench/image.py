@@ -35,7 +35,8 @@ import sample
 
 from kjumpd import image
 from kjumpd.errors import KjumpError
-from kjumpd.format import Compression, State
+from kjumpd.format import Compression, Handoff, Identity, State
+from kjumpd.memmap import MemoryMap, Range
 from kjumpd.physmem import FileMemory
 from kjumpd.target import ImageTarget
 
@@ -135,18 +136,21 @@ class Bench:
         self.lz4_out = directory / "sample.lz4.out"
         self.zstd = directory / "sample.zst"
         self.copy = directory / "sample.copy"
+        self.memmap = MemoryMap.from_ranges([Range(0, size)])
+        # the whole sample file is "RAM" from physical address 0; no B region
+        self.handoff = Handoff(identity=Identity(), restart_point="resume", compression=compression,
+                               region_base=0, region_size=0, low_base=0, low_size=0,
+                               memmap=self.memmap)
 
     # --- the engine ---------------------------------------------------------
 
     def _open_target(self) -> ImageTarget:
-        # room for the header area, an incompressible stream and its framing
-        return ImageTarget.open(str(self.image), create_size=self.size + self.size // 8 + 16 * MIB)
+        return ImageTarget.open(str(self.image), create_size=image.required_capacity(self.memmap))
 
     def save(self) -> None:
         """image.save of the whole sample into the image file."""
         with FileMemory(str(self.sample)) as source, self._open_target() as target:
-            handoff = image.handoff_for_file(str(self.sample), self.compression)
-            image.save(source, target, handoff, jump_back_entry=JUMP_BACK_ENTRY)
+            image.save(source, target, self.handoff, jump_back_entry=JUMP_BACK_ENTRY)
 
     def verify(self) -> None:
         """image.verify of the saved image."""
