@@ -1,0 +1,348 @@
+"""The Debian package and the RPM spec (issue 7).
+
+What is checked, against the real tools:
+
+* ``make deb`` builds one binary package from a clean copy of the tree, and
+  lintian finds no errors in it;
+* the package installs with apt into a minimal Debian root made by
+  debootstrap: its files are in place, ``systemd-analyze verify`` accepts the
+  installed units, ``kjumpctl --help`` runs from the installed package, and
+  ``mkinitramfs`` builds an initramfs that carries the resume check, which
+  runs inside that initramfs;
+* purging the package leaves no file behind;
+* ``rpmspec -P`` parses packaging/rpm/kjumpd.spec.
+
+The debootstrap root is slow to make (a few minutes), so its tarball is cached
+outside the work tree in ``$KJUMPD_TEST_CACHE`` (default
+``/var/cache/kjumpd-test``), keyed by suite, mirror and package list. The
+tests skip only when a tool or Debian's archive is truly out of reach; then
+the reason says which.
+
+The root's tests share one installed root and run in file order: the purge
+test comes last because it removes the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("KJUMPD_TEST_CACHE", "/var/cache/kjumpd-test"))
+DEB_DIR = REPO / "build" / "deb"
+
+# Tools the checks run inside the root, on top of the package's run-time
+# dependencies (packaging/deps/runtime.txt), so that a warm run needs no
+# download at all.
+ROOT_TOOLS = ("systemd", "dbus", "initramfs-tools", "zstd", "cpio")
+
+# Files every build of the package must carry (the units and policies are
+# written by other parts of the project; their names are fixed by the design).
+REQUIRED_FILES = (
+    "/usr/bin/kjumpd",
+    "/usr/bin/kjumpctl",
+    "/usr/lib/python3/dist-packages/kjumpd/__init__.py",
+    "/lib/systemd/system/kjumpd.service",
+    "/lib/systemd/system/kjumpd-prepare.service",
+    "/lib/systemd/system-sleep/kjumpd",
+    "/usr/share/dbus-1/system.d/org.kjump.Hibernate1.conf",
+    "/usr/share/polkit-1/actions/org.kjump.policy",
+    "/usr/share/initramfs-tools/hooks/kjumpd",
+    "/usr/share/initramfs-tools/scripts/local-premount/kjumpd",
+    "/etc/kjumpd/kjumpd.conf",
+    "/usr/share/man/man8/kjumpd.8.gz",
+    "/usr/share/man/man1/kjumpctl.1.gz",
+    "/usr/share/man/man5/kjumpd.conf.5.gz",
+)
+
+# A kernel release for the fake modules tree mkinitramfs needs in the root.
+FAKE_KERNEL = "0.0.0-kjumpd-test"
+
+# Paths whose content changes with any install/remove (package manager
+# bookkeeping, logs, caches): not files the package leaves behind.
+BOOKKEEPING = re.compile(
+    r"^/(var/lib/(dpkg|apt|systemd/deb-systemd-helper-[^/]*|initramfs-tools)|var/cache|var/log|tmp|run|proc|root)(/|$)"
+)
+
+
+def clean_env() -> dict[str, str]:
+    """Environment for the package tools: no LD_PRELOAD (make check runs
+    under umockdev-wrapper, whose preload library does not exist inside the
+    root) and no virtualenv, so Debian's tools see the system Python."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "UMOCKDEV_DIR", "VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    env["LC_ALL"] = "C.UTF-8"
+    env["DEBIAN_FRONTEND"] = "noninteractive"
+    return env
+
+
+def run(cmd: list[str], *, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command with the clean environment; on failure the assertion
+    message carries its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if check:
+        assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-6000:]}"
+    return proc
+
+
+def need_tools(*tools: str) -> None:
+    """Skip when a build tool is missing (make deb installs them through
+    packaging/deps/deb.txt, so this only happens outside make)."""
+    missing = [t for t in tools if shutil.which(t, path=clean_env()["PATH"]) is None]
+    if missing:
+        pytest.skip(f"missing tools {missing}: install packaging/deps/deb.txt (make deb does)")
+
+
+def package_list(path: Path) -> list[str]:
+    """Package names from one of packaging/deps/*.txt ('#' starts a comment)."""
+    names: list[str] = []
+    for line in path.read_text().splitlines():
+        names.extend(line.split("#", 1)[0].split())
+    return names
+
+
+def apt_mirror() -> tuple[str, str]:
+    """The Debian archive and suite this machine's apt uses (debootstrap
+    must reach the same archive the build dependencies came from)."""
+    suite = ""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            suite = line.split("=", 1)[1].strip('"')
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for src in sources:
+        if not src.is_file():
+            continue
+        text = src.read_text()
+        # deb822 stanzas (URIs: …) and one-line entries (deb URI suite …)
+        for uri in re.findall(r"^URIs:\s*(\S+)", text, re.M) + re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M):
+            if re.search(r"/debian/?$", uri):
+                return uri, suite
+    pytest.skip("no Debian archive found in /etc/apt/sources.list*")
+
+
+def base_root_tarball() -> Path:
+    """The cached tarball of a minimal Debian root with the package's
+    run-time dependencies and the tools the checks use; made with
+    debootstrap on first use."""
+    mirror, suite = apt_mirror()
+    include = sorted(set(package_list(REPO / "packaging/deps/runtime.txt")) | set(ROOT_TOOLS))
+    key = hashlib.sha256(f"{suite} {mirror} {' '.join(include)}".encode()).hexdigest()[:16]
+    tarball = CACHE / f"root-{suite}-{key}.tar.zst"
+    if tarball.exists():
+        return tarball
+    need_tools("debootstrap", "zstd")
+    try:
+        urllib.request.urlopen(f"{mirror.rstrip('/')}/dists/{suite}/Release", timeout=20).close()
+    except (urllib.error.URLError, OSError) as exc:
+        pytest.skip(f"Debian archive {mirror} unreachable ({exc}) and no cached root in {CACHE}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = CACHE / f"root-{suite}-{key}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    run(["debootstrap", "--variant=minbase", f"--include={','.join(include)}", suite, str(work), mirror])
+    # Each test run installs from the local .deb; apt's package lists are kept
+    # so that a dependency added later still resolves.
+    run(["tar", "--zstd", "-C", str(work), "-cf", f"{tarball}.part", "."])
+    os.replace(f"{tarball}.part", tarball)
+    shutil.rmtree(work)
+    return tarball
+
+
+def in_root(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command inside the test root."""
+    return run(["chroot", str(root), *cmd], check=check)
+
+
+def tree(root: Path) -> set[str]:
+    """Every path in the root except package-manager bookkeeping."""
+    paths = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = "/" + os.path.relpath(dirpath, root).removeprefix(".").lstrip("/")
+        for name in dirnames + filenames:
+            path = os.path.join(rel, name)
+            if not BOOKKEEPING.match(path):
+                paths.add(path)
+    return paths
+
+
+# --------------------------------------------------------------------------
+# build
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    """Build the package with ``make deb`` and return the .deb."""
+    need_tools("make", "dpkg-buildpackage")
+    run(["make", "-C", str(REPO), "deb"])
+    debs = sorted(DEB_DIR.glob("kjumpd_*_all.deb"))
+    assert len(debs) == 1, f"expected one kjumpd_*_all.deb in {DEB_DIR}, found {debs}"
+    return debs[0]
+
+
+def test_changelog_version_matches_pyproject() -> None:
+    """The Debian version (native package) is the project's version."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    first = (REPO / "packaging/debian/changelog").read_text().splitlines()[0]
+    assert re.match(rf"^kjumpd \({re.escape(version)}\) ", first), first
+
+
+def test_package_contents(deb: Path) -> None:
+    """The package carries every file the system needs, and nothing in
+    places Debian forbids."""
+    listing = run(["dpkg-deb", "--contents", str(deb)]).stdout
+    files = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
+    files |= {line.split()[-3].removeprefix(".") for line in listing.splitlines() if " -> " in line}
+    missing = [f for f in REQUIRED_FILES if f not in files]
+    assert not missing, f"missing from {deb.name}: {missing}"
+    assert any(f.startswith("/lib/systemd/system/systemd-hibernate.service.d/") for f in files)
+    assert any(f.startswith("/lib/systemd/system/systemd-logind.service.d/") for f in files)
+    assert not [f for f in files if f.startswith(("/usr/local", "/home"))]
+
+
+def test_package_metadata(deb: Path) -> None:
+    """Depends names what the programs use, and the initramfs trigger and
+    the unit handling were generated by debhelper."""
+    depends = run(["dpkg-deb", "--field", str(deb), "Depends"]).stdout
+    for name in package_list(REPO / "packaging/deps/runtime.txt"):
+        assert re.search(rf"(^|[ ,|]){re.escape(name)}([ ,:(]|$)", depends), f"{name} not in Depends: {depends}"
+    control = DEB_DIR / "control-check"
+    shutil.rmtree(control, ignore_errors=True)
+    run(["dpkg-deb", "--control", str(deb), str(control)])
+    assert "update-initramfs" in (control / "triggers").read_text()
+    assert "kjumpd.service" in (control / "postinst").read_text()
+    assert "/etc/kjumpd/kjumpd.conf" in (control / "conffiles").read_text().split()
+
+
+def test_lintian_has_no_errors(deb: Path) -> None:
+    """lintian reports no error; the remaining warnings are listed and
+    explained in packaging/README.md."""
+    need_tools("lintian")
+    out = run(["lintian", "--no-cfg", "--tag-display-limit", "0", str(deb)], check=False).stdout
+    errors = [line for line in out.splitlines() if line.startswith("E:")]
+    assert not errors, out
+    readme = (REPO / "packaging/README.md").read_text()
+    for tag in {line.split()[2] for line in out.splitlines() if line.startswith("W:")}:
+        assert tag in readme, f"lintian warning {tag} is not explained in packaging/README.md:\n{out}"
+
+
+# --------------------------------------------------------------------------
+# install into a debootstrap root
+
+
+@pytest.fixture(scope="module")
+def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh minimal Debian root with the package installed by apt; /proc
+    is mounted for the tools that need it. Yields (root, tree before install)."""
+    need_tools("chroot", "tar", "zstd", "mount")
+    tarball = base_root_tarball()
+    rootdir = tmp_path_factory.mktemp("debroot") / "root"
+    rootdir.mkdir()
+    run(["tar", "--zstd", "-C", str(rootdir), "-xf", str(tarball)])
+    run(["mount", "-t", "proc", "proc", str(rootdir / "proc")])
+    try:
+        shutil.copy("/etc/resolv.conf", rootdir / "etc/resolv.conf")
+        # no daemon may start inside the root
+        policy = rootdir / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        # mkinitramfs needs a modules tree for the kernel it builds for
+        modules = rootdir / "lib/modules" / FAKE_KERNEL
+        modules.mkdir(parents=True)
+        for name in ("modules.order", "modules.builtin"):
+            (modules / name).touch()
+        in_root(rootdir, "depmod", FAKE_KERNEL)
+        rootdir.before = tree(rootdir)  # type: ignore[attr-defined]
+        shutil.copy(deb, rootdir / "tmp" / deb.name)
+        in_root(rootdir, "apt-get", "install", "-y", "-q", "--no-install-recommends", f"/tmp/{deb.name}")
+        yield rootdir
+    finally:
+        run(["umount", "--lazy", str(rootdir / "proc")], check=False)
+        shutil.rmtree(rootdir, ignore_errors=True)
+
+
+def test_installed_files_in_place(root: Path) -> None:
+    """Every required file exists in the root after apt installed the
+    package, and the unit drop-ins sit where systemd reads them."""
+    missing = [f for f in REQUIRED_FILES if not (root / f.lstrip("/")).exists()]
+    assert not missing
+    assert (root / "usr/share/initramfs-tools/hooks/kjumpd").stat().st_mode & 0o111
+    assert (root / "usr/share/initramfs-tools/scripts/local-premount/kjumpd").stat().st_mode & 0o111
+    conf = (root / "etc/kjumpd/kjumpd.conf").read_text()
+    active = [line for line in conf.splitlines() if line.strip() and not line.lstrip().startswith(("#", ";", "["))]
+    assert not active, f"the default kjumpd.conf sets options: {active}"
+
+
+def test_systemd_analyze_verify_installed_units(root: Path) -> None:
+    """systemd-analyze verify (run inside the root, against the installed
+    unit files and the commands they name) accepts every kjumpd unit."""
+    units = sorted(p.name for p in (root / "lib/systemd/system").glob("kjumpd*.service"))
+    assert units
+    out = in_root(root, "systemd-analyze", "verify", *[f"/lib/systemd/system/{u}" for u in units], check=False)
+    # systemd-analyze also loads the units ours refer to; only lines about
+    # our files count (the minimal root lacks some distant units).
+    ours = [line for line in out.stdout.splitlines() if "kjump" in line]
+    assert out.returncode == 0 or not ours, out.stdout
+    assert not ours, out.stdout
+
+
+def test_kjumpctl_runs_from_installed_package(root: Path) -> None:
+    """The installed kjumpctl starts with the system Python and the
+    Debian-packaged dependencies only."""
+    out = in_root(root, "kjumpctl", "--help").stdout
+    assert "kjumpctl" in out
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert version in in_root(root, "kjumpctl", "--version").stdout
+
+
+def test_initramfs_carries_resume_check(root: Path, tmp_path: Path) -> None:
+    """mkinitramfs (with the package's hook) builds an initramfs that has
+    the boot script and a kjumpctl that runs inside it."""
+    in_root(root, "mkinitramfs", "-o", "/tmp/initrd.img", FAKE_KERNEL)
+    listing = in_root(root, "lsinitramfs", "/tmp/initrd.img").stdout.split()
+    for path in ("scripts/local-premount/kjumpd", "usr/bin/kjumpctl", "usr/lib/python3/dist-packages/kjumpd/__init__.py"):
+        assert path in listing, f"{path} not in the initramfs"
+    assert "scripts/local-premount/ORDER" in listing
+    order = None
+    extracted = tmp_path / "initrd"
+    run(["unmkinitramfs", str(root / "tmp/initrd.img"), str(extracted)])
+    main = extracted / "main" if (extracted / "main").is_dir() else extracted
+    order = (main / "scripts/local-premount/ORDER").read_text()
+    assert "/scripts/local-premount/kjumpd" in order
+    # the resume program really runs there: python, the package and its
+    # compiled dependencies are all inside
+    out = run(["chroot", str(main), "/usr/bin/kjumpctl", "--help"]).stdout
+    assert "resume-check" in out
+
+
+def test_purge_leaves_nothing_behind(root: Path) -> None:
+    """Purging the package removes everything it installed or created
+    (conffiles, byte-code, generated files); runs last."""
+    owned = [p for p in in_root(root, "dpkg", "-L", "kjumpd").stdout.splitlines() if p.startswith("/")]
+    in_root(root, "apt-get", "purge", "-y", "-q", "kjumpd")
+    in_root(root, "apt-get", "autoremove", "--purge", "-y", "-q")
+    left = sorted(tree(root) - root.before)  # type: ignore[attr-defined]
+    assert not left, f"left behind after purge: {left}"
+    assert not [p for p in owned if (root / p.lstrip("/")).is_file()]
+
+
+# --------------------------------------------------------------------------
+# RPM
+
+
+def test_rpm_spec_parses() -> None:
+    """rpmspec expands the spec (its macros, file list and scriptlets)."""
+    need_tools("rpmspec")
+    out = run(["rpmspec", "-P", str(REPO / "packaging/rpm/kjumpd.spec")]).stdout
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert re.search(rf"^Version:\s*{re.escape(version)}$", out, re.M)
+    for path in ("/kjumpd.service", "/org.kjump.Hibernate1.conf", "/org.kjump.policy", "kjumpd.conf"):
+        assert path in out
