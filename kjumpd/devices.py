@@ -673,11 +673,14 @@ class DeviceTracker:
                                 "state": "writable" if mount.writable else "read-only",
                                 "action": "blocks hibernation unless forced" if mount.writable else "none"})
             blocks = self._memory_signature()
-            stale = self.memory_stale
+            if self._memory_baseline is None:
+                state, action = "not watched", "none (the tracker is not started)"
+            elif self.memory_stale:
+                state, action = "stale", "memory map computed again before the next hibernation"
+            else:
+                state, action = "current", "none"
             entries.append({"role": "memory", "device": f"{len(blocks)} memory blocks",
-                            "online": sum(1 for _, state in blocks if state == "online"),
-                            "state": "stale" if stale else "current",
-                            "action": "memory map computed again before the next hibernation" if stale else "none"})
+                            "online": sum(1 for _, s in blocks if s == "online"), "state": state, "action": action})
             return entries
 
 
