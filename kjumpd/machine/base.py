@@ -1,0 +1,196 @@
+"""The machine interface: everything in kjumpd that touches hardware.
+
+Nothing above this layer knows whether it drives the real machine
+(:mod:`kjumpd.machine.real`) or the simulated one
+(:mod:`kjumpd.machine.simulated`). The interface is deliberately narrow:
+physical memory, the RAM layout, identity, kexec, power states, the image
+target, filesystem freezing and the kernel command line.
+
+Which kernel calls a method matters (docs/machine.md): A stages B, executes
+and enters sleep states; B and R read or write A's memory and jump back; C
+loads R and executes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..errors import MachineError
+from ..format import Identity
+from ..kexec import LoadSpec
+from ..memmap import Range, layout_fingerprint, parse_iomem
+from ..physmem import PhysicalMemory
+from ..target import ImageTarget
+
+
+class MachineLostError(MachineError):
+    """A's state is gone: the machine booted normally instead of resuming A.
+
+    Only the simulated machine can raise it (on a real machine that A would
+    simply never run again); it tells the simulated A why.
+    """
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What must be equal for an image to resume on a machine (research: mismatches break A)."""
+
+    cpus: int
+    ram: tuple[Range, ...]
+    firmware: str  # hex digest of the firmware tables (ACPI table headers and checksums)
+
+    def digest(self) -> bytes:
+        """32 bytes identifying CPUs and firmware tables (the RAM layout has its own print)."""
+        text = f"kjumpd-machine-v1:cpus={self.cpus};firmware={self.firmware}"
+        return hashlib.sha256(text.encode()).digest()
+
+
+def _hex_id(value: str, what: str) -> bytes:
+    cleaned = value.strip().replace("-", "")
+    try:
+        raw = bytes.fromhex(cleaned)
+    except ValueError:
+        raise MachineError(f"{what} {value!r} is not a hexadecimal id") from None
+    if len(raw) != 16:
+        raise MachineError(f"{what} {value!r} is not 128 bits long")
+    return raw
+
+
+class Machine(ABC):
+    """A computer kjumpd can hibernate. Implementations: ``real`` and ``simulated``."""
+
+    kind: str = ""
+
+    # --- memory -----------------------------------------------------------
+
+    @abstractmethod
+    def physical_memory(self, *, writable: bool = False) -> PhysicalMemory:
+        """A's RAM by physical address (B reads it, R writes it)."""
+
+    @abstractmethod
+    def iomem(self) -> str:
+        """The ``/proc/iomem`` text of the running kernel."""
+
+    def system_ram(self) -> list[Range]:
+        """The machine's System RAM ranges."""
+        return parse_iomem(self.iomem())
+
+    # --- identity ---------------------------------------------------------
+
+    @abstractmethod
+    def boot_id(self) -> str:
+        """The running kernel's boot id (changes at every boot)."""
+
+    @abstractmethod
+    def machine_id(self) -> str:
+        """The installation's machine id (``/etc/machine-id``)."""
+
+    @abstractmethod
+    def kernel_release(self) -> str:
+        """``uname -r`` of the running kernel."""
+
+    @abstractmethod
+    def fingerprint(self) -> Fingerprint:
+        """CPU count, RAM layout and firmware-table checksums."""
+
+    def identity(self) -> Identity:
+        """A's identity as the handoff and superblock record it."""
+        fp = self.fingerprint()
+        return Identity(
+            boot_id=_hex_id(self.boot_id(), "boot id"),
+            machine_id=_hex_id(self.machine_id(), "machine id"),
+            kernel_release=self.kernel_release(),
+            layout_fingerprint=layout_fingerprint(fp.ram),
+            machine_fingerprint=fp.digest(),
+        )
+
+    @abstractmethod
+    def kernel_command_line(self) -> str:
+        """The running kernel's command line (``/proc/cmdline``)."""
+
+    # --- kexec ------------------------------------------------------------
+
+    @abstractmethod
+    def kexec_load(self, spec: LoadSpec) -> None:
+        """Load the hibernate kernel (B with preserve-context, or R); MachineError on failure."""
+
+    @abstractmethod
+    def kexec_unload(self) -> None:
+        """Unload whatever is staged."""
+
+    @abstractmethod
+    def kexec_loaded(self) -> bool:
+        """True when a kexec image is loaded."""
+
+    @abstractmethod
+    def kexec_execute(self) -> None:
+        """Jump into the loaded image.
+
+        For a preserve-context image (A → B) this blocks until control comes
+        back to A, as ``kexec -e`` does: B jumped back, or a later boot resumed
+        A from the image. Its outcome is read from the superblock, never from
+        here. For a plain image (C → R) it does not return on success.
+        """
+
+    @abstractmethod
+    def jump_back(self, entry: int) -> None:
+        """From B or R: jump to A's ``kexec_jump_back_entry``.
+
+        Returns (in B) when A later jumps into the parked B again.
+        """
+
+    # --- power ------------------------------------------------------------
+
+    @abstractmethod
+    def power_off(self) -> None:
+        """Power off (S5) at once; the caller has made its data durable."""
+
+    @abstractmethod
+    def reboot(self) -> None:
+        """Reboot at once."""
+
+    @abstractmethod
+    def suspend_to_ram(self) -> None:
+        """Enter S3 (``mem``); returns after the wake-up."""
+
+    @abstractmethod
+    def hibernate_platform(self) -> None:
+        """Enter ACPI S4 through ``/dev/snapshot`` without the kernel writing an image.
+
+        Does not return on success (the next time A runs it comes back from
+        :meth:`kexec_execute`, resumed from the image); MachineError if the
+        platform refused.
+        """
+
+    # --- block devices ----------------------------------------------------
+
+    @abstractmethod
+    def resolve_target(self, name: str) -> str:
+        """The path to open for an image target given by path or stable id."""
+
+    @abstractmethod
+    def stable_target_id(self, path: str) -> str:
+        """A name for the target that every kernel of this machine resolves the same way."""
+
+    def open_target(self, name: str, *, offset: int = 0, writable: bool = True) -> ImageTarget:
+        """Open the image target (ImageError when it is missing or unusable)."""
+        return ImageTarget.open(self.resolve_target(name), offset=offset, writable=writable)
+
+    # --- filesystems ------------------------------------------------------
+
+    @abstractmethod
+    def freeze_filesystems(self) -> list[str]:
+        """FIFREEZE every local writable filesystem; returns the mount points frozen, in order.
+
+        On a failure the ones already frozen are thawed again and MachineError is raised.
+        """
+
+    @abstractmethod
+    def thaw_filesystems(self, mounts: Sequence[str]) -> list[str]:
+        """FITHAW ``mounts`` in reverse order; returns error messages (never raises)."""
+
+    def close(self) -> None:
+        """Release what the machine holds open."""

@@ -1,0 +1,395 @@
+"""The real machine: kexec-tools, ``kexec_load`` through ctypes, ``/dev/mem``,
+``/sys/power``, ``/dev/snapshot``, ``FIFREEZE``.
+
+Every path is taken under ``root`` and every side effect goes through an
+injectable runner, syscall or ioctl, so tests can check what would be done
+without doing it. NEVER let a test call these for real: they power off the
+machine or freeze its root filesystem.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .. import kexec
+from ..errors import MachineError
+from ..kexec import LoadSpec, Runner
+from ..memmap import Range, read_system_ram
+from ..physmem import DevMem, PhysicalMemory
+from .base import Fingerprint, Machine
+
+log = logging.getLogger(__name__)
+
+# include/uapi/linux/reboot.h
+LINUX_REBOOT_CMD_RESTART = 0x01234567
+LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
+
+# asm-generic/ioctl.h
+_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+
+
+def _ioc(direction: int, kind: str, number: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (ord(kind) << 8) | number
+
+
+def _io(kind: str, number: int) -> int:
+    return _ioc(_IOC_NONE, kind, number, 0)
+
+
+# include/uapi/linux/suspend_ioctls.h: SNAPSHOT_IOC_MAGIC '3'
+SNAPSHOT_FREEZE = _io("3", 1)
+SNAPSHOT_UNFREEZE = _io("3", 2)
+SNAPSHOT_PLATFORM_SUPPORT = _io("3", 15)
+SNAPSHOT_POWER_OFF = _io("3", 16)
+# include/uapi/linux/fs.h: FIFREEZE _IOWR('X', 119, int), FITHAW _IOWR('X', 120, int)
+FIFREEZE = _ioc(_IOC_READ | _IOC_WRITE, "X", 119, 4)
+FITHAW = _ioc(_IOC_READ | _IOC_WRITE, "X", 120, 4)
+
+# Where stable names for block devices live, most stable first.
+STABLE_LINK_DIRS = ("by-partuuid", "by-uuid", "by-id", "by-path")
+# Block-backed filesystems that cannot be frozen or belong to no one local.
+UNFREEZABLE_FSTYPES = frozenset({"fuseblk", "iso9660", "udf", "squashfs", "erofs"})
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of ``/proc/self/mountinfo`` that matters for freezing."""
+
+    device: str        # major:minor, the same for every mount of one filesystem
+    mount_point: str
+    fstype: str
+    source: str
+    writable: bool
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Parse ``/proc/self/mountinfo``."""
+    mounts = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        left, sep, right = line.partition(" - ")
+        head, tail = left.split(), right.split()
+        if not sep or len(head) < 6 or len(tail) < 3:
+            raise MachineError(f"unexpected mountinfo line: {line!r}")
+        writable = "rw" in head[5].split(",") and "rw" in tail[2].split(",")
+        mounts.append(Mount(head[2], _unescape(head[4]), tail[0], _unescape(tail[1]), writable))
+    return mounts
+
+
+def freeze_candidates(mounts: Sequence[Mount]) -> list[str]:
+    """Mount points of the local writable filesystems, each filesystem once, deepest first.
+
+    Local means backed by a block device (``/dev/…`` source); a filesystem
+    mounted read-write anywhere counts once, at its shortest mount point.
+    Deepest first, so a parent is never frozen before a filesystem mounted
+    below it (its mount point would have to be opened on a frozen parent).
+    """
+    chosen: dict[str, str] = {}
+    for m in mounts:
+        if not (m.writable and m.source.startswith("/dev/") and m.fstype not in UNFREEZABLE_FSTYPES):
+            continue
+        current = chosen.get(m.device)
+        if current is None or len(m.mount_point) < len(current):
+            chosen[m.device] = m.mount_point
+    return sorted(chosen.values(), key=lambda p: (-p.rstrip("/").count("/"), p))
+
+
+def parse_cpu_list(text: str) -> int:
+    """Count the CPUs in a list like ``0-3,5``."""
+    count = 0
+    for part in filter(None, text.strip().split(",")):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+Syscall = Callable[..., int]
+Ioctl = Callable[[int, int, int], int]
+
+
+def _libc_reboot(cmd: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.reboot(ctypes.c_int(cmd)) != 0:
+        return -ctypes.get_errno()
+    return 0
+
+
+class RealMachine(Machine):
+    """This computer, through the kernel's interfaces."""
+
+    kind = "real"
+
+    def __init__(self, root: str = "/", *, runner: Runner = kexec.run_command,
+                 jump_syscall: Syscall | None = None,
+                 reboot_call: Callable[[int], int] = _libc_reboot,
+                 ioctl: Ioctl = fcntl.ioctl) -> None:
+        self.root = root
+        self._runner = runner
+        self._jump_syscall = jump_syscall
+        self._reboot_call = reboot_call
+        self._ioctl = ioctl
+
+    def _path(self, path: str) -> str:
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def _read(self, path: str) -> str:
+        try:
+            with open(self._path(path), encoding="utf-8") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise MachineError(f"cannot read {path}: {exc.strerror}") from exc
+
+    # --- memory -----------------------------------------------------------
+
+    def physical_memory(self, *, writable: bool = False) -> PhysicalMemory:
+        """``/dev/mem`` through mmap windows."""
+        return DevMem(self._path("/dev/mem"), writable=writable)
+
+    def iomem(self) -> str:
+        """``/proc/iomem`` (addresses are zero unless read as root)."""
+        return self._read("/proc/iomem")
+
+    def system_ram(self) -> list[Range]:
+        """The firmware's memory map, or ``/proc/iomem`` when it is missing."""
+        try:
+            return read_system_ram(self.root)
+        except OSError as exc:
+            raise MachineError(f"cannot read the RAM layout: {exc.strerror}") from exc
+
+    # --- identity ---------------------------------------------------------
+
+    def boot_id(self) -> str:
+        """``/proc/sys/kernel/random/boot_id``."""
+        return self._read("/proc/sys/kernel/random/boot_id").strip()
+
+    def machine_id(self) -> str:
+        """``/etc/machine-id``."""
+        return self._read("/etc/machine-id").strip()
+
+    def kernel_release(self) -> str:
+        """``/proc/sys/kernel/osrelease``."""
+        return self._read("/proc/sys/kernel/osrelease").strip()
+
+    def kernel_command_line(self) -> str:
+        """``/proc/cmdline``."""
+        return self._read("/proc/cmdline").strip()
+
+    def firmware_digest(self) -> str:
+        """sha256 over the headers of the static ACPI tables and the DMI firmware ids.
+
+        A table header holds its signature, length, revision, checksum and OEM
+        ids, so any change of a table changes the digest. Tables under
+        ``dynamic/`` are loaded at run time and left out.
+        """
+        digest = hashlib.sha256()
+        tables = self._path("/sys/firmware/acpi/tables")
+        if os.path.isdir(tables):
+            for name in sorted(os.listdir(tables)):
+                path = os.path.join(tables, name)
+                if not os.path.isfile(path):
+                    continue
+                try:
+                    with open(path, "rb") as handle:
+                        header = handle.read(36)
+                except OSError as exc:
+                    raise MachineError(f"cannot read ACPI table {name}: {exc.strerror} (run as root)") from exc
+                digest.update(name.encode() + b"\0" + header)
+        for name in ("bios_vendor", "bios_version", "bios_date", "sys_vendor", "product_name"):
+            path = self._path(f"/sys/class/dmi/id/{name}")
+            if os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    digest.update(name.encode() + b"\0" + handle.read().strip())
+        return digest.hexdigest()
+
+    def fingerprint(self) -> Fingerprint:
+        """CPUs present, the RAM layout and the firmware digest."""
+        cpus = parse_cpu_list(self._read("/sys/devices/system/cpu/present"))
+        return Fingerprint(cpus, tuple(self.system_ram()), self.firmware_digest())
+
+    # --- kexec ------------------------------------------------------------
+
+    def kexec_load(self, spec: LoadSpec) -> None:
+        """``kexec -c -l …`` (see :func:`kjumpd.kexec.load_argv`)."""
+        kexec.load(spec, self._runner)
+
+    def kexec_unload(self) -> None:
+        """``kexec -u``."""
+        kexec.unload(self._runner)
+
+    def kexec_loaded(self) -> bool:
+        """``/sys/kernel/kexec_loaded``."""
+        return self._read("/sys/kernel/kexec_loaded").strip() == "1"
+
+    def kexec_execute(self) -> None:
+        """``kexec -e -x``; its exit status is logged, never trusted."""
+        result = kexec.execute(self._runner)
+        log.info("kexec -e returned %d: %s", result.returncode, (result.stderr or "").strip())
+
+    def jump_back(self, entry: int) -> None:
+        """``kexec_load`` + ``reboot(LINUX_REBOOT_CMD_KEXEC)`` through ctypes."""
+        kexec.jump_back(entry, self._jump_syscall)
+
+    # --- power ------------------------------------------------------------
+
+    def _reboot(self, cmd: int, what: str) -> None:
+        os.sync()
+        rc = self._reboot_call(cmd)
+        if rc != 0:
+            raise MachineError(f"{what} failed: {os.strerror(-rc)}")
+
+    def power_off(self) -> None:
+        """``reboot(LINUX_REBOOT_CMD_POWER_OFF)``."""
+        self._reboot(LINUX_REBOOT_CMD_POWER_OFF, "power off")
+
+    def reboot(self) -> None:
+        """``reboot(LINUX_REBOOT_CMD_RESTART)``."""
+        self._reboot(LINUX_REBOOT_CMD_RESTART, "reboot")
+
+    def suspend_to_ram(self) -> None:
+        """Write ``mem`` to ``/sys/power/state``; returns after the wake-up."""
+        states = self._read("/sys/power/state").split()
+        if "mem" not in states:
+            raise MachineError(f"this machine cannot suspend to RAM (/sys/power/state offers: {' '.join(states)})")
+        try:
+            with open(self._path("/sys/power/state"), "w", encoding="ascii") as handle:
+                handle.write("mem")
+        except OSError as exc:
+            raise MachineError(f"suspend to RAM failed: {exc.strerror}") from exc
+
+    def hibernate_platform(self) -> None:
+        """S4 through ``/dev/snapshot``: FREEZE, PLATFORM_SUPPORT 1, POWER_OFF.
+
+        ``SNAPSHOT_POWER_OFF`` does not check that the kernel made an image
+        (kernel/power/user.c), so the platform enters S4 with ours on disk.
+        """
+        try:
+            fd = os.open(self._path("/dev/snapshot"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise MachineError(f"cannot open /dev/snapshot: {exc.strerror} "
+                               "(hibernation disabled by lockdown or nohibernate?)") from exc
+        frozen = False
+        try:
+            self._ioctl(fd, SNAPSHOT_FREEZE, 0)
+            frozen = True
+            self._ioctl(fd, SNAPSHOT_PLATFORM_SUPPORT, 1)
+            self._ioctl(fd, SNAPSHOT_POWER_OFF, 0)
+            raise MachineError("the platform did not enter S4 (SNAPSHOT_POWER_OFF returned)")
+        except OSError as exc:
+            raise MachineError(f"entering S4 through /dev/snapshot failed: {exc.strerror}") from exc
+        finally:
+            if frozen:
+                try:
+                    self._ioctl(fd, SNAPSHOT_UNFREEZE, 0)
+                except OSError as exc:
+                    log.error("SNAPSHOT_UNFREEZE failed: %s", exc.strerror)
+            os.close(fd)
+
+    # --- block devices ----------------------------------------------------
+
+    def resolve_target(self, name: str) -> str:
+        """The path itself when it exists, else ask blkid for a by-uuid/by-partuuid name.
+
+        B's initramfs may have no udev, so ``/dev/disk/by-*`` links can be missing there.
+        """
+        path = self._path(name)
+        if os.path.exists(path):
+            return path
+        head, _, value = name.rpartition("/")
+        tags = {"/dev/disk/by-uuid": "UUID", "/dev/disk/by-partuuid": "PARTUUID",
+                "/dev/disk/by-label": "LABEL", "/dev/disk/by-partlabel": "PARTLABEL"}
+        if head in tags:
+            result = self._runner(["blkid", "-l", "-o", "device", "-t", f"{tags[head]}={value}"])
+            device = result.stdout.strip() if result.returncode == 0 else ""
+            if device:
+                return self._path(device)
+        raise MachineError(f"image target {name} not found")
+
+    def stable_target_id(self, path: str) -> str:
+        """A ``/dev/disk/by-*`` link to the block device ``path``; the path when there is none.
+
+        Refuses regular files: B would have to mount their filesystem, which A
+        has mounted and frozen.
+        """
+        if path.startswith("/dev/disk/"):
+            return path
+        real = self._path(path)
+        try:
+            info = os.stat(real)
+        except OSError as exc:
+            raise MachineError(f"image target {path}: {exc.strerror}") from exc
+        if not stat.S_ISBLK(info.st_mode):
+            raise MachineError(f"image target {path} is not a block device; the hibernate kernel "
+                               "can only write to a partition or a whole disk")
+        for kind in STABLE_LINK_DIRS:
+            directory = self._path(f"/dev/disk/{kind}")
+            if not os.path.isdir(directory):
+                continue
+            for link in sorted(os.listdir(directory)):
+                try:
+                    if os.stat(os.path.join(directory, link)).st_rdev == info.st_rdev:
+                        return f"/dev/disk/{kind}/{link}"
+                except OSError:
+                    continue
+        log.warning("no stable name for %s in /dev/disk; the hibernate kernel gets the plain name", path)
+        return path
+
+    # --- filesystems ------------------------------------------------------
+
+    def freeze_filesystems(self) -> list[str]:
+        """FIFREEZE the local writable filesystems of ``/proc/self/mountinfo``."""
+        frozen: list[str] = []
+        for mount_point in freeze_candidates(parse_mountinfo(self._read("/proc/self/mountinfo"))):
+            try:
+                fd = os.open(self._path(mount_point), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    self._ioctl(fd, FIFREEZE, 0)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                if exc.errno == errno.EOPNOTSUPP:
+                    log.warning("%s cannot be frozen (%s); it stays writable across the jump",
+                                mount_point, exc.strerror)
+                    continue
+                problems = self.thaw_filesystems(frozen)
+                raise MachineError(f"cannot freeze {mount_point}: {exc.strerror}"
+                                   + ("; " + "; ".join(problems) if problems else "")) from exc
+            frozen.append(mount_point)
+        return frozen
+
+    def thaw_filesystems(self, mounts: Sequence[str]) -> list[str]:
+        """FITHAW in reverse order of freezing."""
+        problems = []
+        for mount_point in reversed(list(mounts)):
+            try:
+                fd = os.open(self._path(mount_point), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    self._ioctl(fd, FITHAW, 0)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                problems.append(f"cannot thaw {mount_point}: {exc.strerror}")
+        for problem in problems:
+            log.error("%s", problem)
+        return problems
