@@ -91,9 +91,18 @@ def connect(address: str) -> Any:
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll ``predicate`` until it returns something true; fail naming ``what`` after ``timeout``."""
+    """Poll ``predicate`` until it returns something true; fail naming ``what`` after ``timeout``.
+
+    The default GLib main context is iterated meanwhile, so signals subscribed
+    on connections made in the test thread are delivered.
+    """
+    from gi.repository import GLib
+
+    context = GLib.MainContext.default()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        while context.iteration(False):
+            pass
         value = predicate()
         if value:
             return value
