@@ -79,6 +79,8 @@ def checksum(data: bytes | bytearray | memoryview) -> int:
 
 def _cstr(value: str, size: int, what: str) -> bytes:
     raw = value.encode("utf-8")
+    if b"\0" in raw:
+        raise FormatError(f"{what} may not contain NUL characters")
     if len(raw) > size:
         raise FormatError(f"{what} is longer than {size} bytes")
     return raw.ljust(size, b"\0")
@@ -171,11 +173,10 @@ class MemoryMapRecord(_Record):
         if encoding == ENC_EXTENTS:
             tail, count = ext_tail, len(extents)
         elif encoding == ENC_BITMAP:
-            bits = bytearray(bitmap_len)
+            bits = 0
             for e in extents:
-                for pfn in range(e.start - base, e.start - base + e.count):
-                    bits[pfn >> 3] |= 1 << (pfn & 7)
-            tail, count = bytes(bits), span
+                bits |= ((1 << e.count) - 1) << (e.start - base)
+            tail, count = bits.to_bytes(bitmap_len, "little"), span
         else:
             raise FormatError(f"unknown memory map encoding {encoding}")
         length = cls.STRUCT.size + len(tail)
@@ -208,17 +209,19 @@ class MemoryMapRecord(_Record):
 
 
 def _bitmap_extents(bits: bytes, base: int, count: int) -> list[Extent]:
+    """Runs of set bits as extents; bits at or beyond ``count`` must be clear."""
+    value = int.from_bytes(bits, "little")
+    if value >> count:
+        raise FormatError("memory map bitmap has bits set past its end")
     extents: list[Extent] = []
-    run_start = None
-    for i in range(count):
-        if bits[i >> 3] >> (i & 7) & 1:
-            if run_start is None:
-                run_start = i
-        elif run_start is not None:
-            extents.append(Extent(base + run_start, i - run_start))
-            run_start = None
-    if run_start is not None:
-        extents.append(Extent(base + run_start, count - run_start))
+    position = 0
+    while value:
+        skip = (value & -value).bit_length() - 1          # clear bits before the run
+        value >>= skip
+        run = (~value & (value + 1)).bit_length() - 1     # length of the run of set bits
+        extents.append(Extent(base + position + skip, run))
+        value >>= run
+        position += skip + run
     return extents
 
 

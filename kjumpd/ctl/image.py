@@ -1,0 +1,221 @@
+"""``kjumpctl image``: write, verify, restore and inspect hibernation images by hand.
+
+These work on files as well as devices, so an image can be examined on
+another machine, and the engine can be exercised without a jump.
+Exit codes: 0 success, 1 image invalid or corrupt (reason on stderr), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from typing import Callable
+
+from .. import image
+from ..errors import FormatError, ImageError
+from ..format import Compression, Handoff, Identity
+from ..memmap import MemoryMap, Range, layout_fingerprint, parse_iomem, parse_ranges
+from ..physmem import DevMem, FileMemory, PhysicalMemory
+from ..target import ImageTarget
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; silent when the stream is not a terminal."""
+
+    def __init__(self, stream=sys.stderr, enabled: bool | None = None) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self._last = 0.0
+        self._started = time.monotonic()
+
+    def __call__(self, done: int, total: int, phase: str) -> None:
+        """Redraw at most ten times a second, and always at 100%."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        fraction = done / total if total else 1.0
+        filled = int(fraction * 30)
+        rate = done / max(now - self._started, 1e-6) / (1 << 20)
+        self.stream.write(f"\r{phase:>8} [{'#' * filled}{'.' * (30 - filled)}] {fraction:6.1%} "
+                          f"{done >> 20}/{total >> 20} MiB {rate:7.0f} MiB/s")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def host_identity(ram: list[Range]) -> Identity:
+    """This host's identity with the layout of ``ram`` (images written by hand)."""
+    def read_hex(path: str) -> bytes:
+        try:
+            with open(path, encoding="ascii") as handle:
+                return uuid.UUID(handle.read().strip()).bytes
+        except (OSError, ValueError):
+            return bytes(16)
+
+    return Identity(boot_id=read_hex("/proc/sys/kernel/random/boot_id"),
+                    machine_id=read_hex("/etc/machine-id"), kernel_release=platform.release(),
+                    layout_fingerprint=layout_fingerprint(ram))
+
+
+def load_map(spec: str) -> list[Range]:
+    """``--map``: a file in /proc/iomem format, or ranges ``START-END,...``."""
+    if os.path.exists(spec):
+        with open(spec, encoding="ascii") as handle:
+            return parse_iomem(handle.read())
+    return parse_ranges(spec)
+
+
+def _fail(message: str) -> int:
+    print(f"kjumpctl: {message}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn image and format errors into exit code 1 with the reason on stderr."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (ImageError, FormatError) as exc:
+            return _fail(str(exc))
+    return run
+
+
+def _open_source(path: str, ram: list[Range] | None) -> tuple[PhysicalMemory, list[Range]]:
+    if os.path.realpath(path) == "/dev/mem":
+        if ram is None:
+            raise ImageError("saving /dev/mem needs --map (for example --map /proc/iomem)")
+        return DevMem(path), ram
+    memory = FileMemory(path)
+    if ram is None:
+        ram = [Range(0, memory.size)]
+    return memory, ram
+
+
+@_guarded
+def cmd_write(args: argparse.Namespace) -> int:
+    """kjumpctl image write SOURCE IMAGE."""
+    ram = load_map(args.map) if args.map else None
+    source, ram = _open_source(args.source, ram)
+    with source:
+        memmap = MemoryMap.from_ranges(ram)
+        handoff = Handoff(host_identity(ram), args.restart_point, Compression.parse(args.compress), 0, 0, 0, 0,
+                          memmap, created_ns=time.time_ns())
+        create = image.required_capacity(memmap) if not os.path.exists(args.image) else None
+        with ImageTarget.open(args.image, offset=args.offset, create_size=create) as target:
+            sb = image.save(source, target, handoff, progress=ProgressBar())
+    print(f"{args.image}: saved {sb.pages_total * 4096 >> 20} MiB of memory "
+          f"({sb.pages_zero} zero pages) as a {sb.image_bytes >> 20} MiB {sb.compression.label} image "
+          f"in {sb.save_duration_ns / 1e9:.2f} s")
+    return EXIT_OK
+
+
+@_guarded
+def cmd_verify(args: argparse.Namespace) -> int:
+    """kjumpctl image verify IMAGE."""
+    with ImageTarget.open(args.image, offset=args.offset, writable=False) as target:
+        sb = image.verify(target, progress=ProgressBar())
+    print(f"{args.image}: valid image of {sb.pages_total * 4096 >> 20} MiB in {sb.chunk_count} chunks "
+          f"({sb.compression.label}), restart point {sb.restart_point}")
+    return EXIT_OK
+
+
+@_guarded
+def cmd_restore(args: argparse.Namespace) -> int:
+    """kjumpctl image restore IMAGE DEST: verify, then write the pages into DEST."""
+    with ImageTarget.open(args.image, offset=args.offset) as target:
+        if not os.path.exists(args.dest):
+            # Verify before creating anything, so a bad image leaves no file behind.
+            image.verify(target)
+            handoff, _ = image.read_handoff(target)
+            with open(args.dest, "wb") as handle:
+                handle.truncate(max(r.end for r in handoff.memmap.ranges()))
+        expect = None
+        if args.map:
+            expect_ram = load_map(args.map)
+            sb = image.read_superblock(target)
+            expect = Identity(sb.identity.boot_id, sb.identity.machine_id, sb.identity.kernel_release,
+                              layout_fingerprint(expect_ram), sb.identity.machine_fingerprint)
+        with FileMemory(args.dest, writable=True) as dest:
+            sb = image.restore(target, dest, progress=ProgressBar(), expect=expect)
+    print(f"{args.dest}: restored {sb.pages_total * 4096 >> 20} MiB from {args.image} "
+          f"in {sb.restore_duration_ns / 1e9:.2f} s; the image is now marked consumed")
+    return EXIT_OK
+
+
+def _human(info: dict[str, object]) -> str:
+    lines = [f"{'Target':>16}: {info['target']} (offset {info['offset']}, capacity {info['capacity']} bytes)",
+             f"{'State':>16}: {info['state']}"]
+    if "problem" in info:
+        lines.append(f"{'Problem':>16}: {info['problem']}")
+    if info["state"] in ("INVALID", "EMPTY"):
+        return "\n".join(lines)
+
+    def when(ns: object) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(ns) / 1e9)) if ns else "-"
+
+    rows = [
+        ("Restart point", info["restart_point"]), ("Kernel", info["kernel_release"] or "-"),
+        ("Boot ID", info["boot_id"]), ("Memory", f"{int(info['memory_bytes']) >> 20} MiB, "
+                                                f"{info['pages_zero']} of {info['pages_total']} pages zero"),
+        ("Image", f"{int(info['image_bytes']) >> 20} MiB in {info['chunks']} chunks, {info['compression']}"),
+        ("Jump-back entry", f"{int(info['jump_back_entry']):#x}"),
+        ("B region", "{:#x}+{:#x}".format(*info["region"])),
+        ("Written", f"{when(info['saved_ns'])} in {info['save_seconds']:.2f} s"),
+        ("Restored", f"{when(info['restored_ns'])}" if info["restored_ns"] else "-"),
+    ]
+    if info.get("reason"):
+        rows.append(("Reason", info["reason"]))
+    lines += [f"{k:>16}: {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+@_guarded
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """kjumpctl image inspect IMAGE [--json]: exit 1 when the image is not valid."""
+    with ImageTarget.open(args.image, offset=args.offset, writable=False) as target:
+        info = image.describe(target)
+    print(json.dumps(info, indent=2) if args.json else _human(info))
+    return EXIT_INVALID if info["state"] == "INVALID" or "problem" in info else EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``kjumpctl image …``."""
+    parser = sub.add_parser("image", help="write, verify, restore or inspect a hibernation image",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmds = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = cmds.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    w = add("write", cmd_write, "save memory from SOURCE (a file, or /dev/mem with --map) into IMAGE")
+    w.add_argument("source", metavar="SOURCE")
+    w.add_argument("image", metavar="IMAGE")
+    w.add_argument("--map", metavar="MAP",
+                   help="the RAM to save: a file in /proc/iomem format, or START-END[,START-END…]; "
+                        "default for a plain file: the whole file, as memory from address 0")
+    w.add_argument("--compress", default="lz4", choices=("lz4", "zstd", "none"))
+    w.add_argument("--restart-point", default="resume",
+                   choices=("resume", "suspend", "platform", "shutdown", "reboot"))
+    v = add("verify", cmd_verify, "check every record and chunk of IMAGE; exit 1 with the reason if invalid")
+    v.add_argument("image", metavar="IMAGE")
+    r = add("restore", cmd_restore, "verify IMAGE, then write its pages into DEST (a memory file)")
+    r.add_argument("image", metavar="IMAGE")
+    r.add_argument("dest", metavar="DEST")
+    r.add_argument("--map", metavar="MAP", help="refuse unless the image was written for this RAM layout")
+    i = add("inspect", cmd_inspect, "show what IMAGE holds")
+    i.add_argument("image", metavar="IMAGE")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    for p in (w, v, r, i):
+        p.add_argument("--offset", type=int, default=0, help="byte offset of the image in IMAGE (default 0)")
