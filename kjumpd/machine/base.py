@@ -192,5 +192,11 @@ class Machine(ABC):
     def thaw_filesystems(self, mounts: Sequence[str]) -> list[str]:
         """FITHAW ``mounts`` in reverse order; returns error messages (never raises)."""
 
+    # --- console ----------------------------------------------------------
+
+    def console(self, message: str) -> None:
+        """Tell the person at the machine (B, C and R have no other way): stdout, flushed."""
+        print(f"kjump: {message}", flush=True)
+
     def close(self) -> None:
         """Release what the machine holds open."""

@@ -161,6 +161,15 @@ class RealMachine(Machine):
         except OSError as exc:
             raise MachineError(f"cannot read {path}: {exc.strerror}") from exc
 
+    def console(self, message: str) -> None:
+        """stdout and the kernel log (``/dev/kmsg``), where early-boot messages are kept."""
+        super().console(message)
+        try:
+            with open(self._path("/dev/kmsg"), "w", encoding="utf-8") as kmsg:
+                kmsg.write(f"<5>kjump: {message}\n")
+        except OSError:
+            pass
+
     # --- memory -----------------------------------------------------------
 
     def physical_memory(self, *, writable: bool = False) -> PhysicalMemory:

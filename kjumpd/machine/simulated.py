@@ -164,16 +164,22 @@ class SimulatedMachine(Machine):
     def create(cls, path: str, *, ram_size: int = 64 << 20, cpus: int = 2, target_size: int | None = None,
                firmware: str = "simulated-firmware-1", filesystems: Sequence[str] = ("/", "/home"),
                machine_id: str | None = None, kernel_release: str = "6.12.117-kjump-sim",
-               boot_parameters: str = "") -> "SimulatedMachine":
+               boot_parameters: str | None = None) -> "SimulatedMachine":
         """Make a powered-on simulated machine in ``path`` (created if missing) and return it.
 
         The image target ``disk.img`` defaults to the RAM size plus 8 MiB; the
         hibernate kernel and initramfs are placeholder files (nothing boots them).
+        ``boot_parameters`` (what every boot's command line carries) default to
+        naming that target, kernel and initramfs for the resume hook.
         """
         if ram_size % (1 << 20) or ram_size < 16 << 20:
             raise MachineError("the simulated RAM size must be a multiple of 1 MiB and at least 16 MiB")
         os.makedirs(path, exist_ok=True)
         path = os.path.abspath(path)
+        if boot_parameters is None:
+            boot_parameters = (f"kjump.resume={os.path.join(path, TARGET_FILE)} "
+                               f"kjump.kernel={os.path.join(path, KERNEL_FILE)} "
+                               f"kjump.initrd={os.path.join(path, INITRD_FILE)}")
         hardware = {
             "ram_size": ram_size, "cpus": cpus, "firmware": firmware,
             "machine_id": machine_id or uuid.uuid4().hex, "kernel_release": kernel_release,
@@ -247,7 +253,7 @@ class SimulatedMachine(Machine):
         except FileNotFoundError:
             return []
 
-    def console(self) -> str:
+    def console_output(self) -> str:
         """Everything the B, C and R programs printed."""
         try:
             with open(self._file(CONSOLE_FILE), encoding="utf-8", errors="replace") as handle:

@@ -1,0 +1,385 @@
+"""A's side of one hibernation: pre-flight checks, staging B, the handoff,
+freezing, the jump, the restart point and the result (docs/restart-points.md).
+
+The daemon runs :meth:`Hibernator.hibernate` in a worker thread; it blocks
+until A runs again. What happened is read from the image superblock after
+control comes back, never from kexec's exit status: a superblock carrying
+this jump's sequence number says SAVED (B saved and jumped back), RESTORED
+(A was resumed from disk after a power cycle) or neither (the save failed,
+with B's reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from . import image, kexec
+from .errors import FormatError, KjumpError, MachineError, RefusedError
+from .format import RESTART_POINTS, Compression, Handoff, State, Superblock
+from .kexec import KernelParameters, LoadSpec
+from .machine import Machine, MachineLostError
+from .memmap import DEFAULT_LOW, MemoryMap, Range, choose_region, save_map
+from .target import ImageTarget
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class HibernateSettings:
+    """Where the image goes and which hibernate kernel saves it."""
+
+    image_target: str            # path or stable id (/dev/disk/by-uuid/…), or a file
+    image_offset: int = 0
+    compression: str = "lz4"
+    kernel: str = ""             # hibernate kernel (bzImage)
+    initrd: str = ""             # its initramfs
+    region_size: int = 256 << 20
+    kernel_arguments: str = ""   # extra arguments for B/R
+
+
+class JumpParticipant(Protocol):
+    """Something that must act around the jump (the udev device tracker)."""
+
+    def problems(self, *, force: bool) -> list[str]: ...
+    def before_jump(self) -> None: ...
+    def after_jump(self) -> dict[str, object]: ...   # merged into the result details
+
+
+@dataclass
+class HibernateResult:
+    """The outcome of one :meth:`Hibernator.hibernate` call."""
+
+    restart_point: str
+    success: bool
+    result: str
+    reason: str
+    resumed_from_disk: bool
+    image_bytes: int
+    memory_bytes: int
+    durations: dict[str, float] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        """The result with D-Bus style (dashed) keys, as ``LastResult`` shows it."""
+        return {
+            "restart-point": self.restart_point, "success": self.success, "result": self.result,
+            "reason": self.reason, "resumed-from-disk": self.resumed_from_disk,
+            "image-bytes": self.image_bytes, "memory-bytes": self.memory_bytes,
+            "durations": dict(self.durations), "details": dict(self.details),
+        }
+
+
+# Values of HibernateResult.result.
+RESULT_SAVED = "saved"                  # restart point resume: image written, then discarded
+RESULT_WOKE = "woke-from-suspend"       # suspend: back from S3, image discarded
+RESULT_RESUMED = "resumed-from-disk"    # A came back through R after a power cycle
+RESULT_CANCELLED = "cancelled"
+RESULT_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything one jump needs, computed from the settings and the machine."""
+
+    ram: list[Range]
+    region: Range
+    low: Range
+    memmap: MemoryMap
+    target_id: str
+    spec: LoadSpec
+
+
+class Hibernator:
+    """Hibernates A on ``machine`` with ``settings``; see the module documentation."""
+
+    def __init__(self, machine: Machine, settings: HibernateSettings,
+                 participants: Sequence[JumpParticipant] = ()) -> None:
+        self.machine = machine
+        self.settings = settings
+        self.participants = tuple(participants)
+        self._staged: LoadSpec | None = None
+        self._lock = threading.Lock()
+
+    # --- planning ---------------------------------------------------------
+
+    def _plan(self) -> _Plan:
+        """The layout, memory map and B's load spec now; KjumpError saying what is wrong."""
+        settings = self.settings
+        try:
+            Compression.parse(settings.compression)
+        except FormatError as exc:
+            raise RefusedError(str(exc)) from exc
+        if settings.region_size <= 0:
+            raise RefusedError("the B region size must be positive")
+        ram = self.machine.system_ram()
+        region = choose_region(ram, settings.region_size)
+        low = Range(DEFAULT_LOW[0], DEFAULT_LOW[0] + DEFAULT_LOW[1])
+        target_id = self.machine.stable_target_id(settings.image_target)
+        command_line = kexec.kernel_command_line(KernelParameters(
+            ram=ram, region=region, role=kexec.ROLE_SAVE, target=target_id,
+            offset=settings.image_offset, extra=settings.kernel_arguments, low=low))
+        spec = LoadSpec(settings.kernel, settings.initrd, command_line, region, preserve_context=True)
+        return _Plan(ram, region, low, save_map(ram, region, low), target_id, spec)
+
+    def region(self) -> tuple[int, int]:
+        """(base, size) of the B region; (0, 0) while it cannot be placed."""
+        try:
+            ram = self.machine.system_ram()
+            region = choose_region(ram, self.settings.region_size)
+        except (KjumpError, ValueError):
+            return (0, 0)
+        return (region.start, region.size)
+
+    def _open_target(self, *, writable: bool) -> ImageTarget:
+        return self.machine.open_target(self.settings.image_target, offset=self.settings.image_offset,
+                                        writable=writable)
+
+    def image_capacity(self) -> int:
+        """Bytes the image target can hold; 0 while it is missing."""
+        try:
+            with self._open_target(writable=False) as target:
+                return target.capacity
+        except KjumpError:
+            return 0
+
+    def estimated_image_size(self) -> int:
+        """Worst-case image size (every page stored raw); real images are smaller."""
+        try:
+            return image.required_capacity(self._plan().memmap)
+        except (KjumpError, ValueError):
+            return 0
+
+    def problems(self, *, force: bool = False) -> list[str]:
+        """Why hibernation is not possible now; [] when it is."""
+        problems: list[str] = []
+        try:
+            plan = self._plan()
+            kexec.check_files(plan.spec)
+        except (KjumpError, ValueError) as exc:
+            problems.append(str(exc))
+            plan = None
+        try:
+            with self._open_target(writable=True) as target:
+                if plan is not None:
+                    need = image.required_capacity(plan.memmap)
+                    if target.capacity < need:
+                        problems.append(
+                            f"image target {self.settings.image_target} is too small: it holds "
+                            f"{target.capacity} bytes, saving {plan.memmap.total_bytes >> 20} MiB of memory "
+                            f"may need {need} bytes")
+        except KjumpError as exc:
+            problems.append(str(exc))
+        for participant in self.participants:
+            problems.extend(participant.problems(force=force))
+        return problems
+
+    # --- staging ----------------------------------------------------------
+
+    def is_staged(self) -> bool:
+        """True when B is loaded with the spec the current settings and layout give."""
+        if self._staged is None:
+            return False
+        try:
+            return self.machine.kexec_loaded() and self._staged == self._plan().spec
+        except (KjumpError, ValueError):
+            return False
+
+    def stage(self) -> None:
+        """(Re)load B; KjumpError with the reason when it cannot be loaded."""
+        with self._lock:
+            self._stage(self._plan())
+
+    def _stage(self, plan: _Plan) -> float:
+        started = time.monotonic()
+        self._staged = None
+        if self.machine.kexec_loaded():
+            self.machine.kexec_unload()
+        self.machine.kexec_load(plan.spec)
+        self._staged = plan.spec
+        log.info("hibernate kernel staged in %s", plan.region)
+        return time.monotonic() - started
+
+    # --- hibernation ------------------------------------------------------
+
+    def hibernate(self, restart_point: str, *, force: bool = False, progress: Progress | None = None,
+                  cancel: threading.Event | None = None) -> HibernateResult:
+        """Hibernate with ``restart_point``; blocks until A runs again.
+
+        RefusedError (nothing touched) when it cannot be done now; otherwise
+        a HibernateResult, also for a failed save (A carries on).
+        """
+        if restart_point not in RESTART_POINTS:
+            raise RefusedError(f"unknown restart point {restart_point!r}; expected one of {', '.join(RESTART_POINTS)}")
+        if not self._lock.acquire(blocking=False):
+            raise RefusedError("a hibernation or staging is already in progress")
+        try:
+            return self._hibernate(restart_point, force, progress or (lambda phase, fraction: None), cancel)
+        finally:
+            self._lock.release()
+
+    def _hibernate(self, restart_point: str, force: bool, progress: Progress,
+                   cancel: threading.Event | None) -> HibernateResult:
+        started = time.monotonic()
+        durations: dict[str, float] = {}
+        progress("checking", 0.0)
+        problems = self.problems(force=force)
+        if problems:
+            raise RefusedError("; ".join(problems))
+        plan = self._plan()
+
+        def outcome(success: bool, result: str, reason: str = "", **extra: object) -> HibernateResult:
+            durations["total"] = time.monotonic() - started
+            return HibernateResult(restart_point, success, result, reason, bool(extra.pop("resumed", False)),
+                                   int(extra.pop("image_bytes", 0)), plan.memmap.total_bytes, durations,
+                                   dict(extra.pop("details", {})))
+
+        def cancelled() -> bool:
+            return cancel is not None and cancel.is_set()
+
+        if cancelled():
+            return outcome(False, RESULT_CANCELLED, "cancelled before the jump")
+        if not (self._staged == plan.spec and self.machine.kexec_loaded()):
+            progress("staging", 0.1)
+            try:
+                durations["stage"] = self._stage(plan)
+            except KjumpError as exc:
+                raise RefusedError(f"cannot stage the hibernate kernel: {exc}") from exc
+        if cancelled():
+            return outcome(False, RESULT_CANCELLED, "cancelled before the jump")
+
+        progress("handoff", 0.3)
+        sequence = secrets.randbits(63) | 1
+        with self._open_target(writable=True) as target:
+            handoff = Handoff(self.machine.identity(), restart_point, Compression.parse(self.settings.compression),
+                              plan.region.start, plan.region.size, plan.low.start, plan.low.size, plan.memmap,
+                              sequence, time.time_ns(), plan.target_id)
+            # A fresh superblock first: an earlier result can never pass for this jump's.
+            image.write_superblock(target, Superblock(sequence=sequence, reason="hibernation starting"))
+            image.write_handoff(target, handoff)
+            if cancelled():
+                return outcome(False, RESULT_CANCELLED, "cancelled before the jump")
+            return self._jump(target, restart_point, sequence, progress, outcome, durations)
+
+    def _jump(self, target: ImageTarget, restart_point: str, sequence: int, progress: Progress,
+              outcome: Callable[..., HibernateResult], durations: dict[str, float]) -> HibernateResult:
+        """Freeze, jump, dispatch the restart point, thaw; the part nothing may interrupt."""
+        progress("freezing", 0.5)
+        try:
+            frozen = self.machine.freeze_filesystems()
+        except MachineError as exc:
+            return outcome(False, RESULT_FAILED, str(exc))
+        details: dict[str, object] = {}
+        ready: list[JumpParticipant] = []
+        failure = ""
+        for participant in self.participants:
+            try:
+                participant.before_jump()
+            except Exception as exc:  # a participant's failure must not leave A frozen
+                failure = f"preparing for the jump failed: {exc}"
+                break
+            ready.append(participant)
+        resumed = False
+        result = ""
+        superblock: Superblock | None = None
+        if not failure:
+            progress("jump", 0.6)
+            jumped = time.monotonic()
+            try:
+                self.machine.kexec_execute()
+            except MachineLostError:
+                raise
+            except MachineError as exc:
+                failure = str(exc)
+            durations["away"] = time.monotonic() - jumped
+            if not failure:
+                superblock, resumed, failure, result = self._after_jump(target, sequence)
+        thaw_problems = self.machine.thaw_filesystems(frozen)
+        if thaw_problems:
+            details["thaw-problems"] = thaw_problems
+        for participant in reversed(ready):
+            try:
+                details.update(participant.after_jump())
+            except Exception as exc:  # report, but every participant gets its call
+                details.setdefault("after-jump-problems", []).append(str(exc))  # type: ignore[union-attr]
+        progress("done", 1.0)
+        if superblock is not None:
+            durations["save"] = superblock.save_duration_ns / 1e9
+            if superblock.restore_duration_ns:
+                durations["restore"] = superblock.restore_duration_ns / 1e9
+        if resumed:
+            self._staged = None     # the pages holding B are garbage after a resume from disk
+            try:
+                durations["stage"] = self._stage(self._plan())
+            except KjumpError as exc:
+                details["restage-error"] = str(exc)
+                log.error("staging again after the resume failed: %s", exc)
+        image_bytes = superblock.image_bytes if superblock is not None else 0
+        if failure:
+            log.error("hibernation (%s) failed: %s", restart_point, failure)
+            return outcome(False, RESULT_FAILED, failure, image_bytes=image_bytes, details=details)
+        return outcome(True, result, "", resumed=resumed, image_bytes=image_bytes, details=details)
+
+    def _read(self, target: ImageTarget) -> Superblock:
+        try:
+            return image.read_superblock(target)
+        except FormatError as exc:
+            return Superblock(reason=f"the superblock is unreadable after the jump: {exc}")
+
+    def _after_jump(self, target: ImageTarget, sequence: int) -> tuple[Superblock, bool, str, str]:
+        """Read what happened and carry out the restart point.
+
+        Returns (superblock, resumed from disk, failure reason or "", result).
+        """
+        superblock = self._read(target)
+        if superblock.sequence != sequence:
+            return superblock, False, "the jump did not happen (the image superblock is not this jump's)", ""
+        if superblock.state == State.RESTORED:
+            return superblock, True, "", RESULT_RESUMED
+        if superblock.state != State.SAVED:
+            reason = superblock.reason or f"the save did not complete (image state {superblock.state.name})"
+            if superblock.state == State.SAVING:
+                image.discard(target, reason)
+            return superblock, False, f"saving the image failed: {reason}", ""
+        point = superblock.restart_point
+        log.info("image saved (%d pages); restart point %s", superblock.pages_total, point)
+        if point == "resume":
+            image.discard(target, "A carried on (restart point resume)")
+            return superblock, False, "", RESULT_SAVED
+        if point == "suspend":
+            try:
+                self.machine.suspend_to_ram()
+            except MachineError as exc:
+                image.discard(target, f"suspend failed: {exc}")
+                return superblock, False, str(exc), ""
+            after = self._read(target)
+            if after.state == State.RESTORED and after.sequence == sequence:
+                return after, True, "", RESULT_RESUMED   # the power went while asleep
+            image.discard(target, "woke from suspend to RAM")
+            return superblock, False, "", RESULT_WOKE
+        power = {"platform": self.machine.hibernate_platform, "shutdown": self.machine.power_off,
+                 "reboot": self.machine.reboot}[point]
+        try:
+            power()
+        except MachineError as exc:
+            if point != "platform":
+                image.discard(target, f"{point} failed: {exc}")
+                return superblock, False, f"{point} failed: {exc}", ""
+            log.warning("%s; powering off instead (the image is on disk)", exc)
+            try:
+                self.machine.power_off()
+            except MachineError as exc2:
+                image.discard(target, f"power off failed: {exc2}")
+                return superblock, False, f"{exc}; power off failed too: {exc2}", ""
+        # A real machine only gets here through kexec_execute() after the
+        # resume; the simulated one returns from the power call instead.
+        after = self._read(target)
+        if after.state == State.RESTORED and after.sequence == sequence:
+            return after, True, "", RESULT_RESUMED
+        return after, False, f"A runs again after {point} but the image was not restored (state {after.state.name})", ""

@@ -1,0 +1,67 @@
+"""The restore program: runs in the hibernate kernel R (``python -m kjumpd.restorekernel``).
+
+C loaded R into the B region with ``kjump.role=restore``. R verifies the
+whole image, writes A's memory back (``mmap`` of ``/dev/mem`` on the real
+machine), marks the image consumed and jumps to A's entry. The engine writes
+nothing unless the whole image checked out; if anything fails, the image is
+discarded with the reason and the machine reboots into a normal boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import image, kexec
+from .errors import KjumpError, MachineError
+from .format import State
+from .machine import Machine, machine_from_command_line
+from .savekernel import ConsoleProgress, read_command_line
+
+
+def restore(machine: Machine, args: kexec.HibernateKernelArgs) -> int:
+    """Restore and jump; returns A's entry, or raises KjumpError with the reason."""
+    with machine.open_target(args.target, offset=args.offset, writable=True) as target:
+        try:
+            with machine.physical_memory(writable=True) as memory:
+                superblock = image.restore(target, memory, progress=ConsoleProgress(machine, "restoring"))
+        except Exception as exc:
+            reason = str(exc) or type(exc).__name__
+            try:
+                if image.read_superblock(target).state in (State.SAVED, State.RESTORING):
+                    image.discard(target, f"restore failed: {reason}")
+            except KjumpError as record_error:
+                machine.console(f"could not mark the image discarded: {record_error}")
+            raise KjumpError(reason) from exc
+    if not superblock.jump_back_entry:
+        raise KjumpError("the image records no jump-back entry")
+    return superblock.jump_back_entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns only when the resume failed (after rebooting on the real machine)."""
+    parser = argparse.ArgumentParser(prog="kjumpd.restorekernel", description="Restore A's memory (runs in R).")
+    parser.add_argument("--cmdline", help="kernel command line to use instead of /proc/cmdline")
+    options = parser.parse_args(argv)
+    try:
+        params = read_command_line(options.cmdline)
+        args = kexec.hibernate_kernel_args(params)
+        if args.role != kexec.ROLE_RESTORE:
+            raise MachineError(f"this is the restore program but kjump.role={args.role}")
+        machine = machine_from_command_line(params, kernel="R")
+    except (KjumpError, OSError) as exc:
+        print(f"kjump: cannot start the restore: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        entry = restore(machine, args)
+        machine.console(f"memory restored; jumping to the hibernated system at {entry:#x}")
+        machine.jump_back(entry)
+        machine.console("the hibernated system returned control unexpectedly")
+    except KjumpError as exc:
+        machine.console(f"resume failed: {exc}; rebooting into a normal boot")
+    machine.reboot()
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

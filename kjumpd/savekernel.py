@@ -1,0 +1,138 @@
+"""The save program: runs in the hibernate kernel B (``python -m kjumpd.savekernel``).
+
+B's kernel command line says where the image target is (``kjump.target=``,
+``kjump.offset=``), where B runs (``kjump.region=``), which machine this is
+(``kjump.machine=``, real by default) and, appended by kexec-tools' purgatory,
+``kexec_jump_back_entry=``. The handoff A wrote right before the jump says
+what to save and what to do after.
+
+A failed save never strands A: the image is marked DISCARDED with the reason
+and the restart point becomes ``resume``, so A carries on and reports it.
+When A jumps into the parked B again, the jump back returns here and the
+next hibernation starts with a fresh handoff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import image, kexec
+from .errors import KjumpError, MachineError
+from .format import State
+from .machine import Machine, machine_from_command_line
+from .memmap import Range
+from .target import ImageTarget
+
+
+class ConsoleProgress:
+    """Prints progress on the console every ``step`` percent."""
+
+    def __init__(self, machine: Machine, what: str, step: int = 10) -> None:
+        self.machine = machine
+        self.what = what
+        self.step = step
+        self.shown = -1
+
+    def __call__(self, done: int, total: int, phase: str) -> None:
+        percent = 100 * done // total if total else 100
+        if percent // self.step != self.shown // self.step or self.shown < 0:
+            self.shown = percent
+            self.machine.console(f"{self.what}: {percent}% of {total >> 20} MiB")
+
+
+def read_command_line(text: str | None) -> dict[str, str]:
+    """The given command line, or ``/proc/cmdline``."""
+    if text is None:
+        with open("/proc/cmdline", encoding="utf-8") as handle:
+            text = handle.read()
+    return kexec.parse_command_line(text)
+
+
+def _check_map(handoff_region: Range, args_region: Range | None, ranges: list[Range], low: Range) -> None:
+    """Refuse a memory map that would make B save its own memory."""
+    if args_region is not None and handoff_region != args_region:
+        raise KjumpError(f"the handoff names region {handoff_region}, but this kernel runs in {args_region}; "
+                         "the hibernate kernel must be staged again")
+    for r in ranges:
+        for own in (handoff_region, low):
+            if r.start < own.end and own.start < r.end:
+                raise KjumpError(f"the memory map includes {r}, which overlaps this kernel's memory {own}")
+
+
+def save(machine: Machine, args: kexec.HibernateKernelArgs) -> tuple[str, bool]:
+    """Save A's memory as the handoff says; returns (restart point, image saved)."""
+    target: ImageTarget | None = None
+    try:
+        target = machine.open_target(args.target, offset=args.offset, writable=True)
+        handoff, _ = image.read_handoff(target)
+        region = Range(handoff.region_base, handoff.region_base + handoff.region_size)
+        low = Range(handoff.low_base, handoff.low_base + handoff.low_size)
+        _check_map(region, args.region, handoff.memmap.ranges(), low)
+        machine.console(f"saving {handoff.memmap.total_bytes >> 20} MiB of memory to {args.target} "
+                        f"({handoff.compression.label}), then {handoff.restart_point}")
+        with machine.physical_memory(writable=False) as memory:
+            superblock = image.save(memory, target, handoff, jump_back_entry=args.jump_back_entry or 0,
+                                    progress=ConsoleProgress(machine, "saving"))
+        machine.console(f"image saved: {superblock.image_bytes >> 20} MiB on disk")
+        return handoff.restart_point, True
+    except Exception as exc:  # whatever went wrong, A must get control back
+        reason = str(exc) or type(exc).__name__
+        machine.console(f"saving the image failed: {reason}; returning to the running system")
+        if target is not None:
+            try:
+                image.set_state(target, State.DISCARDED, reason=reason, restart_point="resume")
+            except KjumpError as record_error:
+                machine.console(f"could not record the failure in the image: {record_error}")
+        return "resume", False
+    finally:
+        if target is not None:
+            target.close()
+
+
+def leave(machine: Machine, restart_point: str, saved: bool, entry: int) -> None:
+    """Power off, reboot or jump back to A; returns when A jumps into this B again."""
+    if restart_point in ("shutdown", "reboot"):
+        machine.console("powering off" if restart_point == "shutdown" else "rebooting")
+        try:
+            (machine.power_off if restart_point == "shutdown" else machine.reboot)()
+        except MachineError as exc:
+            machine.console(f"{exc}; returning to the running system, which will try again")
+    try:
+        machine.jump_back(entry)
+    except MachineError as exc:
+        machine.console(f"{exc}")
+        # A's memory is out of reach. With a saved image the next boot resumes
+        # it; without one, a reboot is all that is left.
+        if saved:
+            machine.console("powering off: the next boot resumes from the image")
+            machine.power_off()
+        else:
+            machine.console("rebooting: the running system cannot be reached")
+            machine.reboot()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; on the real machine it only returns if everything failed."""
+    parser = argparse.ArgumentParser(prog="kjumpd.savekernel", description="Save A's memory (runs in B).")
+    parser.add_argument("--cmdline", help="kernel command line to use instead of /proc/cmdline")
+    options = parser.parse_args(argv)
+    try:
+        params = read_command_line(options.cmdline)
+        args = kexec.hibernate_kernel_args(params)
+        if args.role != kexec.ROLE_SAVE:
+            raise MachineError(f"this is the save program but kjump.role={args.role}")
+        if args.jump_back_entry is None:
+            raise MachineError("no kexec_jump_back_entry= on the command line: not started by a kexec jump")
+        machine = machine_from_command_line(params, kernel="B")
+    except (KjumpError, OSError) as exc:
+        print(f"kjump: cannot start the save: {exc}", file=sys.stderr, flush=True)
+        return 1
+    while True:
+        restart_point, saved = save(machine, args)
+        leave(machine, restart_point, saved, args.jump_back_entry)
+        machine.console("entered again by the running system: starting a new hibernation")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
