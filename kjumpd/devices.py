@@ -199,15 +199,18 @@ class _BlockView:
         return result
 
     def removable_reason(self, device: pyudev.Device) -> str | None:
-        """Why ``device`` sits on removable media (``"sdb is removable"``, ``"sdb is on USB"``), or None."""
-        for dev in self.underlying(device):
-            disk = _whole_disk(dev)
-            for candidate in dict.fromkeys((dev, disk)):
-                if _is_true(_attribute(candidate, "removable")):
-                    return f"{candidate.sys_name} is removable"
-                if candidate.properties.get("ID_BUS") == "usb" or any(
-                        a.subsystem == "usb" for a in candidate.ancestors):
-                    return f"{candidate.sys_name} is on USB"
+        """Why ``device`` sits on removable media (``"sdb is removable"``, ``"sdb is on USB"``), or None.
+
+        The whole disks under it are asked: sysfs ``removable``, udev ``ID_BUS``,
+        and a USB device among their ancestors (which needs no udev database).
+        """
+        disks = list(dict.fromkeys(_whole_disk(dev) for dev in self.underlying(device)))
+        for disk in disks:
+            if _is_true(_attribute(disk, "removable")):
+                return f"{disk.sys_name} is removable"
+        for disk in disks:
+            if disk.properties.get("ID_BUS") == "usb" or any(a.subsystem == "usb" for a in disk.ancestors):
+                return f"{disk.sys_name} is on USB"
         return None
 
 
