@@ -163,6 +163,7 @@ def test_bench_json(tmp_path: Path) -> None:
     for name in ("ours save", "lz4 -1", "zstd -1 -T2", "cp"):
         assert result["timings"][name]["output_bytes"] > 0, name
     assert result["timings"]["cp"]["output_bytes"] == 8 << 20
+    assert 0 < result["stream_bytes"] < result["timings"]["ours save"]["output_bytes"]
     assert [t["name"] for t in result["targets"]] == [
         "save time / lz4 -1 time", "image size / lz4 -1 size", "restore time / lz4 -d time",
         "verify GB/s (of memory size)"]
