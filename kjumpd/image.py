@@ -360,7 +360,10 @@ def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
 
 
 def _decode(codec: _Codec, header: ChunkHeader, stored: memoryview) -> bytes:
-    raw = bytes(stored) if header.flags & CHUNK_FLAG_STORED_RAW else codec.decompress(bytes(stored), header.raw_len)
+    if header.raw_len == 0 or header.flags & CHUNK_FLAG_STORED_RAW:
+        raw = bytes(stored)         # all-zero chunks store nothing
+    else:
+        raw = codec.decompress(bytes(stored), header.raw_len)
     if len(raw) != header.raw_len or checksum(raw) != header.raw_checksum:
         raise FormatError("decoded pages do not match their checksum")
     return raw
