@@ -77,6 +77,7 @@ class Observer(Protocol):
 
 
 HibernatorFactory = Callable[[Config, tuple], HibernatorLike]
+TrackerFactory = Callable[[Config], "TrackerParticipant | None"]
 Schedule = Callable[[Callable[[], None]], None]
 
 
@@ -102,6 +103,12 @@ class TrackerParticipant:
     def memory_stale(self) -> bool:
         return bool(self.tracker.memory_stale)
 
+    def clear_memory_stale(self) -> None:
+        self.tracker.clear_memory_stale()
+
+    def stop(self) -> None:
+        self.tracker.stop()
+
 
 @dataclass
 class _Work:
@@ -122,11 +129,12 @@ class Manager:
     """
 
     def __init__(self, config: Config, hibernator_factory: HibernatorFactory, schedule: Schedule,
-                 tracker: TrackerParticipant | None = None) -> None:
+                 tracker_factory: TrackerFactory | None = None) -> None:
         self.config = config
         self._factory = hibernator_factory
         self._schedule = schedule
-        self.tracker = tracker
+        self._tracker_factory = tracker_factory
+        self.tracker = tracker_factory(config) if tracker_factory else None
         self.hibernator = hibernator_factory(config, self._participants())
         self.observers: list[Observer] = []
         self._work: _Work | None = None
@@ -176,9 +184,15 @@ class Manager:
             observer.properties_changed(changed)
 
     def refresh(self) -> None:
-        """Re-read the hibernator's view (devices changed, configuration reloaded, work ended)."""
+        """Re-read the hibernator's view (devices changed, configuration reloaded); re-stage when memory changed."""
         if self._work is None:
             self._set(**self._computed())
+            self._restage_if_memory_changed()
+
+    def _restage_if_memory_changed(self) -> None:
+        if self._work is None and self.tracker is not None and self.tracker.memory_stale:
+            log.info("the memory layout changed: staging the hibernate kernel again")
+            self.prepare()
 
     # --- operations ---------------------------------------------------------------------------
 
@@ -262,6 +276,10 @@ class Manager:
         if self._work is not None:
             self._pending_config = config
             return
+        if self._tracker_factory and config.image_target != self.config.image_target:
+            if self.tracker is not None:
+                self.tracker.stop()
+            self.tracker = self._tracker_factory(config)
         self.config = config
         self.hibernator = self._factory(config, self._participants())
         self._stage_error = ""
@@ -293,6 +311,7 @@ class Manager:
         self._set(State=IDLE, Phase="", Progress=0.0, **self._computed())
         for callback in work.when_done:
             callback()
+        self._restage_if_memory_changed()
 
     def _progress_from_worker(self, phase: str, fraction: float) -> None:
         self._schedule(lambda: self._progress(phase, fraction))
@@ -311,6 +330,8 @@ class Manager:
             log.error("%s", self._stage_error)
         else:
             self._stage_error = ""
+            if self.tracker is not None:
+                self.tracker.clear_memory_stale()
             log.info("hibernate kernel staged")
 
     def _hibernate_done(self, point: str, outcome: Any) -> None:
@@ -334,9 +355,6 @@ class Manager:
             if added or removed:
                 for observer in self.observers:
                     observer.devices_changed(added, removed)
-            if self.tracker.memory_stale:
-                log.info("memory layout changed during the hibernation: staging again")
-                self._schedule(lambda: self.prepare())
 
 
 # --- the process ------------------------------------------------------------------------------------
@@ -361,7 +379,7 @@ def make_hibernator(config: Config, participants: tuple) -> HibernatorLike:
 
 
 def make_tracker(config: Config, on_change: Callable[[], None]) -> TrackerParticipant | None:
-    """The udev device tracker, when kjumpd.devices is installed; None otherwise."""
+    """The udev device tracker watching on the main loop, when kjumpd.devices is installed; None otherwise."""
     try:
         from .devices import DeviceTracker
     except ModuleNotFoundError as exc:
@@ -423,9 +441,12 @@ def main(argv: list[str] | None = None) -> int:
         GLib.idle_add(once)
 
     manager_ref: list[Manager] = []
-    tracker = make_tracker(config, lambda: schedule(lambda: manager_ref[0].refresh()))
+
+    def tracker_factory(cfg: Config) -> TrackerParticipant | None:
+        return make_tracker(cfg, lambda: schedule(lambda: manager_ref[0].refresh()))
+
     try:
-        manager = Manager(config, make_hibernator, schedule, tracker)
+        manager = Manager(config, make_hibernator, schedule, tracker_factory)
     except KjumpError as exc:
         log.error("cannot start: %s", exc)
         notify(f"STATUS=cannot start: {exc}")
@@ -462,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("kjumpd %s serving org.kjump.Hibernate1 (%s)", __version__, args.bus_address or "system bus")
     loop.run()
     service.stop()
-    if tracker is not None:
-        tracker.tracker.stop()
+    if manager.tracker is not None:
+        manager.tracker.stop()
     log.info("kjumpd stopped")
     return 0
 
