@@ -29,6 +29,7 @@ from .target import ImageTarget
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
+TARGET_ID_MAX = 64      # the handoff's and superblock's target id field
 
 
 @dataclass
@@ -122,6 +123,9 @@ class Hibernator:
         region = choose_region(ram, settings.region_size)
         low = Range(DEFAULT_LOW[0], DEFAULT_LOW[0] + DEFAULT_LOW[1])
         target_id = self.machine.stable_target_id(settings.image_target)
+        if len(target_id.encode()) > TARGET_ID_MAX:
+            raise RefusedError(f"the image target's stable name {target_id} is longer than the "
+                               f"{TARGET_ID_MAX} bytes the image format records")
         command_line = kexec.kernel_command_line(KernelParameters(
             ram=ram, region=region, role=kexec.ROLE_SAVE, target=target_id,
             offset=settings.image_offset, extra=settings.kernel_arguments, low=low))

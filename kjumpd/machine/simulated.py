@@ -295,6 +295,7 @@ class SimulatedMachine(Machine):
         return WORKLOAD_AREA
 
     def _signal_workload(self, sig: signal.Signals) -> None:
+        self.record("workload-signal", signal=sig.name)
         for pid in self._state()["workload"]:
             try:
                 os.kill(pid, sig)
@@ -563,6 +564,11 @@ class SimulatedMachine(Machine):
         else:
             self._leave("platform-s4")
 
+    def power_cut(self) -> None:
+        """Pull the plug on whatever runs (a test or demo step); RAM is lost at the next power-on."""
+        self.record("power-cut")
+        self._update(running="off")
+
     def power_on(self) -> BootResult:
         """Cold boot: RAM is wiped, the boot id changes and C's resume hook runs.
 
@@ -605,8 +611,10 @@ class SimulatedMachine(Machine):
         return path
 
     def stable_target_id(self, path: str) -> str:
-        """Files have stable names here: the absolute path."""
-        return os.path.abspath(self.resolve_target(path))
+        """Files have stable names here: relative to the machine's directory when inside it."""
+        resolved = os.path.abspath(self.resolve_target(path))
+        relative = os.path.relpath(resolved, self.path)
+        return resolved if relative.startswith("..") else relative
 
     def freeze_filesystems(self) -> list[str]:
         """Record freezing each configured filesystem (deepest first)."""

@@ -1,0 +1,320 @@
+"""The whole cycle on the simulated machine, through the Hibernator, for every restart
+point, and with faults injected at each step: A keeps running or the next boot is a
+normal one, never half-restored memory, and the reason is visible."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from kjumpd import image
+from kjumpd.errors import RefusedError
+from kjumpd.format import DATA_OFFSET, ChunkHeader, State
+from kjumpd.hibernator import HibernateResult, HibernateSettings, Hibernator
+from kjumpd.machine import MachineLostError
+from kjumpd.machine.simulated import SimulatedMachine
+from kjumpd.target import ImageTarget
+
+TOKEN = b"workload-token-0123456789"
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> SimulatedMachine:
+    m = SimulatedMachine.create(str(tmp_path / "machine"), ram_size=32 << 20, cpus=2)
+    m.wake_timeout = 120
+    address, _ = m.workload_area()
+    with m.physical_memory(writable=True) as ram:
+        ram.write(address, TOKEN)
+    return m
+
+
+def hibernator(m: SimulatedMachine, compression: str = "none", **overrides: object) -> Hibernator:
+    settings = HibernateSettings(image_target=m.target_path, kernel=m.kernel_path, initrd=m.initrd_path,
+                                 region_size=4 << 20, compression=compression)
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    return Hibernator(m, settings)
+
+
+def token(m: SimulatedMachine) -> bytes:
+    with m.physical_memory() as ram:
+        return ram.read(m.workload_area()[0], len(TOKEN))
+
+
+def superblock(m: SimulatedMachine):
+    with ImageTarget.open(m.target_path, writable=False) as target:
+        return image.read_superblock(target)
+
+
+def events(m: SimulatedMachine) -> list[str]:
+    return [e["event"] + (f":{e['to']}" if "to" in e else "") for e in m.events()]
+
+
+class Background:
+    """hibernate() in a thread, as the daemon runs it; the test plays the person at the machine."""
+
+    def __init__(self, h: Hibernator, point: str) -> None:
+        self.result: HibernateResult | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(h, point))
+        self.thread.start()
+
+    def _run(self, h: Hibernator, point: str) -> None:
+        try:
+            self.result = h.hibernate(point)
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self.thread.join(180)
+        assert not self.thread.is_alive()
+
+
+def workload() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "300"])
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_resume_saves_and_carries_on(machine: SimulatedMachine, compression: str) -> None:
+    h = hibernator(machine, compression)
+    assert h.problems() == []
+    result = h.hibernate("resume")
+    assert (result.success, result.result, result.resumed_from_disk) == (True, "saved", False)
+    assert result.image_bytes > DATA_OFFSET and result.memory_bytes > 0
+    assert token(machine) == TOKEN
+    sb = superblock(machine)
+    assert sb.state == State.DISCARDED, "an image A carried on past must never be resumed"
+    log = events(machine)
+    assert log.index("freeze") < log.index("jump:B") < log.index("jump:A") < log.index("thaw")
+    assert h.is_staged(), "B stays staged after a jump back"
+
+
+def test_shutdown_then_power_on_resumes_a(machine: SimulatedMachine) -> None:
+    h = hibernator(machine)
+    proc = workload()
+    try:
+        machine.register_workload(proc.pid)
+        job = Background(h, "shutdown")
+        wait_until(lambda: machine.running == "off" or not job.thread.is_alive(), "B to power off")
+        assert process_state(proc.pid) == "T", "A's workload is stopped while A is away"
+        assert superblock(machine).state == State.SAVED
+        boot = SimulatedMachine(machine.path).power_on()
+        job.join()
+        assert boot.resumed, boot.output
+        assert job.error is None
+        assert job.result.success and job.result.resumed_from_disk
+        assert job.result.result == "resumed-from-disk"
+        assert token(machine) == TOKEN, "the RAM was wiped at power-on and restored by R"
+        assert superblock(machine).state == State.RESTORED
+        assert process_state(proc.pid) in ("S", "R")
+        log = events(machine)
+        assert log[log.index("power-off"):].count("kexec-load") == 2, "C loads R, then A stages B again"
+        assert h.is_staged()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_reboot_resumes_at_once(machine: SimulatedMachine) -> None:
+    result = hibernator(machine).hibernate("reboot")
+    assert result.success and result.resumed_from_disk
+    assert token(machine) == TOKEN
+    assert "reboot" in events(machine)
+
+
+def test_platform_enters_s4_then_resumes(machine: SimulatedMachine) -> None:
+    job = Background(hibernator(machine), "platform")
+    wait_until(lambda: machine.running == "off" or not job.thread.is_alive(), "S4")
+    assert "platform-s4" in events(machine)
+    assert SimulatedMachine(machine.path).power_on().resumed
+    job.join()
+    assert job.result.resumed_from_disk and token(machine) == TOKEN
+
+
+def test_platform_failure_falls_back_to_power_off(machine: SimulatedMachine) -> None:
+    machine.inject_fault("platform_error", "Operation not permitted")
+    job = Background(hibernator(machine), "platform")
+    wait_until(lambda: machine.running == "off" or not job.thread.is_alive(), "power off")
+    assert "power-off" in events(machine) and "platform-s4" not in events(machine)
+    SimulatedMachine(machine.path).power_on()
+    job.join()
+    assert job.result.resumed_from_disk
+
+
+def test_suspend_wakes_and_discards_image(machine: SimulatedMachine) -> None:
+    result = hibernator(machine).hibernate("suspend")
+    assert (result.success, result.result) == (True, "woke-from-suspend")
+    assert superblock(machine).state == State.DISCARDED
+    log = events(machine)
+    assert log.index("suspend-to-ram") < log.index("wake-from-ram") < log.index("thaw")
+
+
+def test_suspend_power_loss_resumes_from_disk(machine: SimulatedMachine) -> None:
+    machine.inject_fault("suspend_power_loss", True)
+    job = Background(hibernator(machine), "suspend")
+    wait_until(lambda: machine.running == "off" or not job.thread.is_alive(), "power loss in S3")
+    assert SimulatedMachine(machine.path).power_on().resumed
+    job.join()
+    assert job.result.resumed_from_disk and token(machine) == TOKEN
+
+
+def test_second_hibernation_after_resume_from_disk(machine: SimulatedMachine) -> None:
+    h = hibernator(machine)
+    assert h.hibernate("reboot").resumed_from_disk
+    assert h.hibernate("reboot").resumed_from_disk, "B was staged again after the resume"
+    assert token(machine) == TOKEN
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+def test_kexec_load_failure_refuses_before_touching_anything(machine: SimulatedMachine) -> None:
+    machine.inject_fault("kexec_load_error", "Operation not permitted")
+    h = hibernator(machine)
+    before = Path(machine.target_path).read_bytes()[:8192]
+    with pytest.raises(RefusedError, match="Operation not permitted"):
+        h.hibernate("shutdown")
+    assert Path(machine.target_path).read_bytes()[:8192] == before
+    assert "freeze" not in events(machine)
+
+
+def test_missing_target_is_refused(machine: SimulatedMachine) -> None:
+    h = hibernator(machine, image_target=os.path.join(machine.path, "nope.img"))
+    assert any("not found" in p for p in h.problems())
+    with pytest.raises(RefusedError, match="not found"):
+        h.hibernate("shutdown")
+    assert "jump:B" not in events(machine)
+
+
+def test_too_small_target_is_refused(machine: SimulatedMachine) -> None:
+    os.truncate(machine.target_path, 8 << 20)
+    with pytest.raises(RefusedError, match="too small"):
+        hibernator(machine).hibernate("shutdown")
+    assert "jump:B" not in events(machine)
+
+
+def test_unknown_restart_point_is_refused(machine: SimulatedMachine) -> None:
+    with pytest.raises(RefusedError, match="unknown restart point"):
+        hibernator(machine).hibernate("hover")
+
+
+def test_cancel_before_the_jump(machine: SimulatedMachine) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    result = hibernator(machine).hibernate("shutdown", cancel=cancel)
+    assert (result.success, result.result) == (False, "cancelled")
+    assert "jump:B" not in events(machine)
+
+
+def test_failed_save_comes_back_as_resume_with_reason(machine: SimulatedMachine) -> None:
+    machine.inject_fault("ram_read_error_at", 0x800000)
+    result = hibernator(machine).hibernate("shutdown")
+    assert not result.success and result.result == "failed"
+    assert "machine check" in result.reason
+    assert superblock(machine).state == State.DISCARDED
+    assert superblock(machine).restart_point == "resume"
+    assert token(machine) == TOKEN and "thaw" in events(machine)
+    assert "power-off" not in events(machine)
+
+
+def test_freeze_failure_leaves_everything_thawed(machine: SimulatedMachine) -> None:
+    machine.inject_fault("freeze_error", "/")
+    result = hibernator(machine).hibernate("shutdown")
+    assert not result.success and "cannot freeze /" in result.reason
+    log = events(machine)
+    assert log.count("freeze") == log.count("thaw") == 1 and "jump:B" not in log
+
+
+def test_power_cut_during_save_gives_a_normal_boot(machine: SimulatedMachine) -> None:
+    machine.inject_fault("power_cut_after_bytes", 8 << 20)
+    job = Background(hibernator(machine), "shutdown")
+    wait_until(lambda: machine.running == "off" or not job.thread.is_alive(), "the power cut")
+    assert superblock(machine).state == State.SAVING
+    boot = SimulatedMachine(machine.path).power_on()
+    job.join()
+    assert not boot.resumed
+    assert "incomplete image" in boot.output and "normal boot" in boot.output
+    assert isinstance(job.error, MachineLostError)
+    assert superblock(machine).state == State.SAVING, "C leaves the image alone"
+    assert token(machine) == bytes(len(TOKEN)), "nothing was restored into the fresh system"
+
+
+def power_off_with_image(m: SimulatedMachine) -> Background:
+    job = Background(hibernator(m), "shutdown")
+    wait_until(lambda: m.running == "off" or not job.thread.is_alive(), "B to power off")
+    assert superblock(m).state == State.SAVED
+    return job
+
+
+def boot_refuses(m: SimulatedMachine, job: Background, why: str) -> None:
+    boot = SimulatedMachine(m.path).power_on()
+    job.join()
+    assert not boot.resumed
+    assert why in boot.output and "normal boot" in boot.output
+    assert isinstance(job.error, MachineLostError) and why in str(job.error)
+    assert token(m) == bytes(len(TOKEN)), "A's memory was not half-restored"
+    assert "jump:R" not in events(m)
+
+
+def test_corrupted_image_is_refused(machine: SimulatedMachine) -> None:
+    job = power_off_with_image(machine)
+    with open(machine.target_path, "r+b") as disk:
+        position = DATA_OFFSET
+        while True:     # the first chunk that stores data
+            disk.seek(position)
+            header = ChunkHeader.unpack(disk.read(4096))
+            if header.stored_len:
+                break
+            position += header.total
+        disk.seek(position + header.size + header.stored_len // 2)
+        byte = disk.read(1)
+        disk.seek(position + header.size + header.stored_len // 2)
+        disk.write(bytes([byte[0] ^ 0xFF]))
+    boot_refuses(machine, job, "corrupt")
+    assert superblock(machine).state == State.SAVED, "C leaves the image alone"
+
+
+def test_image_of_another_machine_is_refused(machine: SimulatedMachine) -> None:
+    job = power_off_with_image(machine)
+    hardware = json.loads(Path(machine.path, "machine.json").read_text())
+    hardware["cpus"] = 1
+    Path(machine.path, "machine.json").write_text(json.dumps(hardware))
+    boot_refuses(machine, job, "CPUs or firmware tables differ")
+
+
+def test_image_of_another_ram_layout_is_refused(machine: SimulatedMachine) -> None:
+    job = power_off_with_image(machine)
+    iomem = Path(machine.path, "iomem")
+    iomem.write_text(iomem.read_text().replace("00100000-01fdffff : System RAM",
+                                               "00100000-01edffff : System RAM\n01ee0000-01fdffff : Reserved"))
+    boot_refuses(machine, job, "RAM layout differs")
+
+
+def test_consumed_image_is_not_resumed_again(machine: SimulatedMachine) -> None:
+    assert hibernator(machine).hibernate("reboot").resumed_from_disk
+    machine.power_cut()
+    boot = SimulatedMachine(machine.path).power_on()
+    assert not boot.resumed
+    assert "already restored (consumed)" in boot.output
+    assert token(machine) == bytes(len(TOKEN))
