@@ -410,9 +410,12 @@ class DeviceTracker:
                 return _TargetStatus(None, None, f"{what} is on no mounted filesystem", "missing")
             dev = view.by_number(mount.major, mount.minor)
             found = [dev] if dev is not None else (view.by_path(mount.source) if mount.source.startswith("/dev/") else [])
-            if not found:
+            if not found and mount.major == 0 and not mount.source.startswith("/dev/"):
                 return _TargetStatus(None, None, f"{what} is on {mount.fstype} at {mount.mount_point}, "
                                      "which is not on a block device", "missing")
+            if not found:
+                return _TargetStatus(None, None, f"{what} is on {mount.source} ({mount.major}:{mount.minor}) at "
+                                     f"{mount.mount_point}, which is missing: no such block device", "missing")
         if not found:
             return _TargetStatus(None, None, f"{what} is missing: no such block device", "missing")
         if len(found) > 1:

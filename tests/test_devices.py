@@ -610,3 +610,63 @@ def test_debug_log_names_events(bed: Bed, tracker_factory, main_context, caplog:
         bed.block("sdz", (8, 240))
         pump(main_context)
     assert "udev: add block /devices/sdz" in caplog.text
+
+
+# --- the tracker as a participant of a real hibernation (the simulated machine) --------------------------------
+
+
+@pytest.fixture
+def simulated(tmp_path: Path, bed: Bed):
+    """A simulated machine whose image file lies on the test bed's sda1 (per the test's mount table)."""
+    from kjumpd.hibernator import HibernateSettings, Hibernator
+    from kjumpd.machine.simulated import SimulatedMachine
+
+    machine = SimulatedMachine.create(str(tmp_path / "machine"), ram_size=16 << 20, cpus=1)
+    system_disk(bed)
+    bed.mount((8, 1), str(tmp_path / "machine"))
+
+    def make(tracker: DeviceTracker) -> Hibernator:
+        settings = HibernateSettings(image_target=machine.target_path, kernel=machine.kernel_path,
+                                     initrd=machine.initrd_path, region_size=4 << 20, compression="lz4")
+        return Hibernator(machine, settings, (tracker,))
+
+    return machine, make
+
+
+def test_hibernation_unbinds_and_reports_devices(bed: Bed, tracker_factory, kernel: Kernel, simulated) -> None:
+    machine, make = simulated
+    devs = quirky_usb(bed)
+    tracker = tracker_factory(machine.target_path)
+    assert tracker.target_identity()["devname"] == "/dev/sda1"
+    result = make(tracker).hibernate("reboot")
+    assert result.success and result.resumed_from_disk, result.reason
+    assert kernel.writes == [("uvcvideo", "unbind", "3-1"), ("hub", "unbind", "usb3"),
+                             ("hub", "bind", "usb3"), ("uvcvideo", "bind", "3-1")]
+    assert result.details["devices-added"] == result.details["devices-removed"] == []
+    assert result.details["rebind-failed"] == []
+    assert os.path.islink(os.path.join(bed.real(devs["camera"]), "driver"))
+
+
+def test_hibernation_refused_for_a_removable_mount_unless_forced(bed: Bed, tracker_factory, kernel: Kernel,
+                                                                simulated) -> None:
+    machine, make = simulated
+    usb_stick(bed)
+    bed.mount((8, 33), "/media/stick")
+    tracker = tracker_factory(machine.target_path)
+    hibernator = make(tracker)
+    with pytest.raises(RefusedError, match="/media/stick is mounted writable from /dev/sdc1"):
+        hibernator.hibernate("reboot")
+    result = hibernator.hibernate("reboot", force=True)
+    assert result.success, result.reason
+
+
+def test_hibernation_refused_while_the_target_disk_is_gone(bed: Bed, tracker_factory, simulated,
+                                                          main_context) -> None:
+    machine, make = simulated
+    tracker = tracker_factory(machine.target_path)
+    bed.remove("/sys/devices/sda/sda1")
+    pump(main_context)
+    assert tracker.changes == 1
+    with pytest.raises(RefusedError, match=f"image file {machine.target_path} is on /dev/x \\(8:1\\) at .*, "
+                                           "which is missing: no such block device"):
+        make(tracker).hibernate("reboot")
