@@ -1,0 +1,190 @@
+"""The real machine with every side effect recorded instead of done: a fake root tree,
+a recording runner, ioctl and reboot. Nothing here calls kexec, reboot, FIFREEZE or
+/sys/power for real."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kjumpd.errors import MachineError
+from kjumpd.kexec import LoadSpec, load_argv
+from kjumpd.machine.real import (FIFREEZE, FITHAW, SNAPSHOT_FREEZE, SNAPSHOT_PLATFORM_SUPPORT,
+                                 SNAPSHOT_POWER_OFF, SNAPSHOT_UNFREEZE, RealMachine, freeze_candidates,
+                                 parse_cpu_list, parse_mountinfo)
+from kjumpd.memmap import Range
+
+MOUNTINFO = """\
+22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:5 - proc proc rw
+23 1 0:5 / /dev rw,nosuid shared:2 - devtmpfs udev rw,size=4015268k
+1 0 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw,errors=remount-ro
+30 1 254:17 / /home rw,relatime shared:9 - xfs /dev/vdb1 rw
+31 30 254:17 /alice /home/alice\\040backup rw,relatime shared:9 - xfs /dev/vdb1 rw
+32 1 254:33 / /boot/efi ro,relatime shared:10 - vfat /dev/vdc1 rw
+33 1 0:45 / /tmp rw,nosuid shared:11 - tmpfs tmpfs rw
+34 1 254:49 / /srv/data rw,relatime shared:12 - ext4 /dev/mapper/vg-data rw
+35 1 7:0 / /media/cd ro - iso9660 /dev/sr0 ro
+"""
+
+
+def test_snapshot_and_freeze_ioctl_numbers() -> None:
+    # include/uapi/linux/suspend_ioctls.h and include/uapi/linux/fs.h
+    assert (SNAPSHOT_FREEZE, SNAPSHOT_UNFREEZE) == (0x3301, 0x3302)
+    assert (SNAPSHOT_PLATFORM_SUPPORT, SNAPSHOT_POWER_OFF) == (0x330F, 0x3310)
+    assert (FIFREEZE, FITHAW) == (0xC0045877, 0xC0045878)
+
+
+def test_freeze_candidates_are_local_writable_and_deepest_first() -> None:
+    mounts = parse_mountinfo(MOUNTINFO)
+    assert mounts[4].mount_point == "/home/alice backup"
+    assert freeze_candidates(mounts) == ["/srv/data", "/home", "/"]
+
+
+def test_cpu_list() -> None:
+    assert parse_cpu_list("0-3,5,7-8\n") == 7
+
+
+class Recorder:
+    """Stands in for the runner, ioctl and reboot calls."""
+
+    def __init__(self, fail_ioctl: dict[int, int] | None = None, kexec_rc: int = 0) -> None:
+        self.calls: list[tuple] = []
+        self.fail_ioctl = fail_ioctl or {}
+        self.kexec_rc = kexec_rc
+
+    def runner(self, argv):
+        self.calls.append(("run", list(argv)))
+        return subprocess.CompletedProcess(argv, self.kexec_rc, "", "kexec failed: No such file or directory")
+
+    def ioctl(self, fd: int, request: int, arg: int) -> int:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        self.calls.append(("ioctl", request, arg, os.path.basename(target)))
+        if request in self.fail_ioctl:
+            raise OSError(self.fail_ioctl[request], os.strerror(self.fail_ioctl[request]))
+        return 0
+
+    def reboot(self, cmd: int) -> int:
+        self.calls.append(("reboot", cmd))
+        return -errno.EPERM
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A fake root with the files RealMachine reads."""
+    files = {
+        "proc/iomem": "00001000-0009fbff : System RAM\n00100000-3ffdffff : System RAM\n",
+        "proc/sys/kernel/random/boot_id": "0f6d2c6e-6f0e-4a35-bb1a-3c5b1f0e9a77\n",
+        "etc/machine-id": "5c1b2f7e1a9d4e0c8f3b6a2d9e7c4b1a\n",
+        "proc/sys/kernel/osrelease": "6.12.117-kjump\n",
+        "sys/devices/system/cpu/present": "0-1\n",
+        "sys/kernel/kexec_loaded": "0\n",
+        "sys/power/state": "freeze mem disk\n",
+        "proc/self/mountinfo": MOUNTINFO,
+        "sys/firmware/acpi/tables/DSDT": "DSDT" + "x" * 60,
+        "sys/firmware/acpi/tables/FACP": "FACP" + "y" * 60,
+    }
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for mount in ("srv/data", "home", "dev"):
+        (tmp_path / mount).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "dev/snapshot").write_text("")
+    return tmp_path
+
+
+def machine(root: Path, rec: Recorder) -> RealMachine:
+    return RealMachine(str(root), runner=rec.runner, reboot_call=rec.reboot, ioctl=rec.ioctl)
+
+
+def test_identity_from_the_root_tree(root: Path) -> None:
+    m = machine(root, Recorder())
+    ident = m.identity()
+    assert ident.boot_id.hex() == "0f6d2c6e6f0e4a35bb1a3c5b1f0e9a77"
+    assert ident.kernel_release == "6.12.117-kjump"
+    assert m.system_ram() == [Range(0x1000, 0x9FC00), Range(0x100000, 0x3FFE0000)]
+    before = m.fingerprint()
+    (root / "sys/firmware/acpi/tables/DSDT").write_text("DSDT" + "z" * 60)
+    assert m.fingerprint().digest() != before.digest(), "a changed ACPI table changes the fingerprint"
+
+
+def test_kexec_load_runs_kexec_tools(root: Path) -> None:
+    rec = Recorder()
+    kernel = root / "vmlinuz"
+    kernel.write_bytes(b"k")
+    spec = LoadSpec(str(kernel), "", "memmap=exactmap", Range(0x2FF00000, 0x3FF00000), True)
+    machine(root, rec).kexec_load(spec)
+    assert rec.calls == [("run", load_argv(spec))]
+
+
+def test_execute_ignores_kexec_exit_status(root: Path) -> None:
+    rec = Recorder(kexec_rc=255)
+    machine(root, rec).kexec_execute()
+    assert rec.calls == [("run", ["kexec", "-e", "-x"])]
+
+
+def test_freeze_order_and_thaw_in_reverse(root: Path) -> None:
+    rec = Recorder()
+    m = machine(root, rec)
+    frozen = m.freeze_filesystems()
+    assert frozen == ["/srv/data", "/home", "/"]
+    assert m.thaw_filesystems(frozen) == []
+    names = [(c[1], c[3]) for c in rec.calls]
+    assert names == [(FIFREEZE, "data"), (FIFREEZE, "home"), (FIFREEZE, os.path.basename(str(root))),
+                     (FITHAW, os.path.basename(str(root))), (FITHAW, "home"), (FITHAW, "data")]
+
+
+def test_freeze_failure_thaws_what_was_frozen(root: Path) -> None:
+    rec = Recorder()
+    m = machine(root, rec)
+    calls = []
+
+    def ioctl(fd: int, request: int, arg: int) -> int:
+        calls.append((request, os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        if request == FIFREEZE and calls[-1][1] == "home":
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return 0
+
+    m._ioctl = ioctl
+    with pytest.raises(MachineError, match="cannot freeze /home: Device or resource busy"):
+        m.freeze_filesystems()
+    assert calls == [(FIFREEZE, "data"), (FIFREEZE, "home"), (FITHAW, "data")]
+
+
+def test_s4_through_dev_snapshot(root: Path) -> None:
+    rec = Recorder()
+    with pytest.raises(MachineError, match="did not enter S4"):
+        machine(root, rec).hibernate_platform()
+    assert [(c[1], c[2]) for c in rec.calls] == [
+        (SNAPSHOT_FREEZE, 0), (SNAPSHOT_PLATFORM_SUPPORT, 1), (SNAPSHOT_POWER_OFF, 0), (SNAPSHOT_UNFREEZE, 0)]
+
+
+def test_s4_refused_by_the_kernel_unfreezes(root: Path) -> None:
+    rec = Recorder(fail_ioctl={SNAPSHOT_POWER_OFF: errno.EINVAL})
+    with pytest.raises(MachineError, match="Invalid argument"):
+        machine(root, rec).hibernate_platform()
+    assert rec.calls[-1][1] == SNAPSHOT_UNFREEZE
+
+
+def test_power_off_failure_is_reported(root: Path) -> None:
+    rec = Recorder()
+    with pytest.raises(MachineError, match="power off failed: Operation not permitted"):
+        machine(root, rec).power_off()
+    assert rec.calls == [("reboot", 0x4321FEDC)]
+
+
+def test_stable_target_id_refuses_files(root: Path) -> None:
+    (root / "image").write_bytes(bytes(4096))
+    with pytest.raises(MachineError, match="not a block device"):
+        machine(root, Recorder()).stable_target_id("/image")
+    assert machine(root, Recorder()).stable_target_id("/dev/disk/by-uuid/1234") == "/dev/disk/by-uuid/1234"
+
+
+def test_suspend_to_ram_refused_without_mem(root: Path) -> None:
+    (root / "sys/power/state").write_text("freeze disk\n")
+    with pytest.raises(MachineError, match="cannot suspend to RAM"):
+        machine(root, Recorder()).suspend_to_ram()
