@@ -1,0 +1,99 @@
+"""Hibernator: participants around the jump, pre-flight problems and staging, on the
+simulated machine (the cycle itself is in test_cycle_sim.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kjumpd.errors import RefusedError
+from kjumpd.hibernator import HibernateSettings, Hibernator
+from kjumpd.machine.simulated import SimulatedMachine
+
+
+class Participant:
+    def __init__(self, name: str, log: list[str], problem: str = "", fail_before: bool = False) -> None:
+        self.name, self.log, self.problem, self.fail_before = name, log, problem, fail_before
+
+    def problems(self, *, force: bool) -> list[str]:
+        return [self.problem] if self.problem and not force else []
+
+    def before_jump(self) -> None:
+        self.log.append(f"before {self.name}")
+        if self.fail_before:
+            raise RuntimeError(f"{self.name} cannot unbind")
+
+    def after_jump(self) -> dict[str, object]:
+        self.log.append(f"after {self.name}")
+        return {f"{self.name}-devices": ["added"]}
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> SimulatedMachine:
+    m = SimulatedMachine.create(str(tmp_path / "m"), ram_size=32 << 20)
+    m.wake_timeout = 120
+    return m
+
+
+def settings(m: SimulatedMachine, **changes: object) -> HibernateSettings:
+    s = HibernateSettings(image_target=m.target_path, kernel=m.kernel_path, initrd=m.initrd_path,
+                          region_size=4 << 20, compression="none")
+    for key, value in changes.items():
+        setattr(s, key, value)
+    return s
+
+
+def test_participants_wrap_the_jump_and_add_details(machine: SimulatedMachine) -> None:
+    log: list[str] = []
+    h = Hibernator(machine, settings(machine), [Participant("udev", log), Participant("net", log)])
+    result = h.hibernate("resume")
+    assert result.success
+    assert log == ["before udev", "before net", "after net", "after udev"]
+    assert result.details == {"udev-devices": ["added"], "net-devices": ["added"]}
+    assert result.as_dict()["details"] == result.details
+    assert result.as_dict()["restart-point"] == "resume"
+
+
+def test_participant_problem_refuses_unless_forced(machine: SimulatedMachine) -> None:
+    log: list[str] = []
+    h = Hibernator(machine, settings(machine), [Participant("usb", log, problem="/media/usb is mounted")])
+    assert h.problems() == ["/media/usb is mounted"]
+    with pytest.raises(RefusedError, match="/media/usb is mounted"):
+        h.hibernate("shutdown")
+    assert log == [] and "freeze" not in [e["event"] for e in machine.events()]
+    assert h.problems(force=True) == []
+
+
+def test_failing_before_jump_undoes_the_others(machine: SimulatedMachine) -> None:
+    log: list[str] = []
+    h = Hibernator(machine, settings(machine), [Participant("a", log), Participant("b", log, fail_before=True)])
+    result = h.hibernate("shutdown")
+    assert not result.success and "b cannot unbind" in result.reason
+    assert log == ["before a", "before b", "after a"]
+    events = [e["event"] for e in machine.events()]
+    assert "jump" not in events and events.count("freeze") == events.count("thaw")
+
+
+def test_problems_name_each_bad_setting(machine: SimulatedMachine, tmp_path: Path) -> None:
+    h = Hibernator(machine, settings(machine, kernel=str(tmp_path / "no-kernel"), compression="lzma"))
+    problems = h.problems()
+    assert any("unknown compression 'lzma'" in p for p in problems)
+    h = Hibernator(machine, settings(machine, kernel=str(tmp_path / "no-kernel")))
+    assert any("no-kernel does not exist" in p for p in h.problems())
+    h = Hibernator(machine, settings(machine, region_size=20 << 20))
+    assert any("exceeds half of RAM" in p for p in h.problems())
+    assert h.region() == (0, 0)
+
+
+def test_staging_and_changed_settings(machine: SimulatedMachine) -> None:
+    h = Hibernator(machine, settings(machine))
+    assert not h.is_staged()
+    h.stage()
+    assert h.is_staged() and machine.kexec_loaded()
+    base, size = h.region()
+    assert size == 4 << 20 and base + size <= 32 << 20
+    h.settings.kernel_arguments = "console=ttyS0"
+    assert not h.is_staged(), "B's command line changed: it must be staged again"
+    assert h.image_capacity() == 40 << 20
+    assert 0 < h.estimated_image_size() <= h.image_capacity()
