@@ -144,7 +144,7 @@ class _Codec:
             return self._zstd()[0].compress(raw)
         return raw
 
-    def decompress(self, stored: bytes, raw_len: int) -> bytes:
+    def decompress(self, stored: bytes | memoryview, raw_len: int) -> bytes:
         """Decompress a payload of known raw length; FormatError if it does not decode."""
         try:
             if self.compression == Compression.LZ4:
@@ -165,8 +165,32 @@ class _Codec:
 @dataclass
 class _Encoded:
     header: ChunkHeader
-    block: bytearray
+    parts: list[bytes | memoryview]     # header, payload and padding, written with one pwritev
     zero_pages: int
+
+
+def _nonzero_runs(raw: bytes, pages: int) -> tuple[bytearray, list[tuple[int, int]], int]:
+    """Zero-page bitmap, runs of non-zero pages as (first, end) page numbers, and the zero count.
+
+    Comparing a ``bytes`` slice with a zero page is a memcmp; a memoryview
+    comparison would go byte by byte.
+    """
+    bitmap = bytearray((pages + 7) // 8)
+    runs: list[tuple[int, int]] = []
+    zeros = 0
+    start = None
+    for i in range(pages):
+        if raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] == _ZERO_PAGE:
+            bitmap[i >> 3] |= 1 << (i & 7)
+            zeros += 1
+            if start is not None:
+                runs.append((start, i))
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        runs.append((start, pages))
+    return bitmap, runs, zeros
 
 
 def _encode_chunk(source: PhysicalMemory, memmap: MemoryMap, codec: _Codec, chunk_pages: int,
@@ -175,25 +199,15 @@ def _encode_chunk(source: PhysicalMemory, memmap: MemoryMap, codec: _Codec, chun
     pages = min(chunk_pages, memmap.total_pages - first)
     parts = [source.read(addr, count * PAGE_SIZE) for addr, _, count in memmap.runs(first, pages)]
     raw = parts[0] if len(parts) == 1 else b"".join(parts)
-    bitmap = bytearray((pages + 7) // 8)
     if len(raw) == len(_ZERO_CHUNK) and raw == _ZERO_CHUNK:
-        bitmap[:] = b"\xff" * len(bitmap)
-        if pages % 8:
-            bitmap[-1] = (1 << (pages % 8)) - 1
-        payload = b""
-        zeros = pages
+        bitmap, runs, zeros = bytearray(b"\xff" * (pages // 8)), [], pages
+    else:
+        bitmap, runs, zeros = _nonzero_runs(raw, pages)
+    if not zeros:
+        payload: bytes = raw
     else:
         view = memoryview(raw)
-        keep = []
-        zeros = 0
-        for i in range(pages):
-            page = view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
-            if page == _ZERO_PAGE:
-                bitmap[i >> 3] |= 1 << (i & 7)
-                zeros += 1
-            else:
-                keep.append(page)
-        payload = raw if not zeros else b"".join(keep)
+        payload = b"".join(view[a * PAGE_SIZE:b * PAGE_SIZE] for a, b in runs)
     stored, flags = payload, 0
     if payload and codec.compression != Compression.NONE:
         compressed = codec.compress(payload)
@@ -204,10 +218,8 @@ def _encode_chunk(source: PhysicalMemory, memmap: MemoryMap, codec: _Codec, chun
     header = ChunkHeader(index, first, pages, len(payload), len(stored), checksum(payload),
                          checksum(stored), bytes(bitmap), flags)
     head = header.pack()
-    block = bytearray(header.total)
-    block[:len(head)] = head
-    block[len(head):len(head) + len(stored)] = stored
-    return _Encoded(header, block, zeros)
+    pad = header.total - len(head) - len(stored)
+    return _Encoded(header, [head, stored, _ZERO_PAGE[:pad]], zeros)
 
 
 def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_back_entry: int = 0,
@@ -252,8 +264,8 @@ def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_
         encoded = _ordered_map(pool, lambda i: _encode_chunk(source, memmap, codec, chunk_pages, i),
                                range(chunks), workers * 3)
         for item in encoded:
-            target.write(position, item.block)
-            position += len(item.block)
+            target.write_parts(position, item.parts)
+            position += item.header.total
             zero_pages += item.zero_pages
             stream_checksum_update(stream, item.header)
             if progress:
@@ -359,23 +371,23 @@ def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
     return superblock, handoff
 
 
-def _decode(codec: _Codec, header: ChunkHeader, stored: memoryview) -> bytes:
+def _decode(codec: _Codec, header: ChunkHeader, stored: memoryview) -> bytes | memoryview:
     if header.raw_len == 0 or header.flags & CHUNK_FLAG_STORED_RAW:
-        raw = bytes(stored)         # all-zero chunks store nothing
+        raw = stored                # all-zero chunks store nothing
     else:
-        raw = codec.decompress(bytes(stored), header.raw_len)
+        raw = codec.decompress(stored, header.raw_len)
     if len(raw) != header.raw_len or checksum(raw) != header.raw_checksum:
         raise FormatError("decoded pages do not match their checksum")
     return raw
 
 
 def _decoded(target: ImageTarget, superblock: Superblock, workers: int, progress: Progress | None,
-             phase: str) -> Iterator[tuple[ChunkHeader, bytes]]:
+             phase: str) -> Iterator[tuple[ChunkHeader, bytes | memoryview]]:
     """Every chunk decoded and checked, in order, decoding on a thread pool."""
     codec = _Codec(superblock.compression)
     total = superblock.pages_total * PAGE_SIZE
 
-    def work(item: tuple[ChunkHeader, memoryview]) -> tuple[ChunkHeader, bytes]:
+    def work(item: tuple[ChunkHeader, memoryview]) -> tuple[ChunkHeader, bytes | memoryview]:
         header, stored = item
         try:
             return header, _decode(codec, header, stored)
@@ -397,7 +409,7 @@ def verify(target: ImageTarget, *, progress: Progress | None = None, workers: in
     return superblock
 
 
-def _scatter(dest: PhysicalMemory, memmap: MemoryMap, header: ChunkHeader, raw: bytes) -> None:
+def _scatter(dest: PhysicalMemory, memmap: MemoryMap, header: ChunkHeader, raw: bytes | memoryview) -> None:
     """Write one chunk's pages to their physical addresses, zero pages as zeros."""
     bits = int.from_bytes(header.zero_bitmap, "little")
     source = memoryview(raw)
