@@ -22,6 +22,7 @@ import io
 import json
 import os
 import pstats
+import resource
 import shutil
 import subprocess
 import sys
@@ -57,16 +58,34 @@ restore that skips pages (zero pages, say) leaves visible garbage."""
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """Wall times of one operation: the warm-up run is not among them."""
+    """Wall and CPU times of one operation: the warm-up run is not among them.
+
+    CPU time (user + system, of all threads and of the peer's process) does not
+    depend on how busy the machine is, unlike wall time: it tells where an
+    engine change helps even when other work shares the cores.
+    """
 
     name: str
     runs: tuple[float, ...]
+    cpu_runs: tuple[float, ...]
     output_bytes: int | None = None
 
     @property
     def best(self) -> float:
         """The best (smallest) wall time in seconds."""
         return min(self.runs)
+
+    @property
+    def best_cpu(self) -> float:
+        """The smallest CPU time in seconds."""
+        return min(self.cpu_runs)
+
+
+def _cpu_seconds() -> float:
+    """CPU time used so far by this process (all threads) and its waited-for children."""
+    return sum(usage.ru_utime + usage.ru_stime for usage in
+               (resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,17 +113,19 @@ def measure(name: str, run: Callable[[], object], repeat: int,
     back before each timed run so one run's writeback does not land in the
     next one's time. output gives the size of what the operation wrote.
     """
-    times = []
+    times, cpu_times = [], []
     for attempt in range(repeat + 1):
         if prepare is not None:
             prepare()
         os.sync()
+        cpu = _cpu_seconds()
         start = time.perf_counter()
         run()
         elapsed = time.perf_counter() - start
         if attempt:
             times.append(elapsed)
-    return Timing(name, tuple(times), output() if output is not None else None)
+            cpu_times.append(_cpu_seconds() - cpu)
+    return Timing(name, tuple(times), tuple(cpu_times), output() if output is not None else None)
 
 
 def _remove(path: Path) -> None:
@@ -327,6 +348,7 @@ def report_json(results: Results, args: argparse.Namespace) -> str:
         "compression": args.compression,
         "repeat": args.repeat,
         "timings": {name: {"best_seconds": t.best, "runs_seconds": list(t.runs),
+                           "best_cpu_seconds": t.best_cpu, "cpu_runs_seconds": list(t.cpu_runs),
                            "output_bytes": t.output_bytes}
                     for name, t in results.timings.items()},
         "stream_bytes": results.stream_bytes,
@@ -350,14 +372,15 @@ def report_table(results: Results, args: argparse.Namespace, where: str) -> str:
         "page cache warm",
         f"files   {where}",
         "",
-        f"{'operation':<14}{'best s':>9}{'MB/s':>8}  {'output':>22}   runs s",
+        f"{'operation':<14}{'best s':>9}{'MB/s':>8}{'cpu s':>8}  {'output':>22}   runs s",
     ]
     for t in results.timings.values():
         output = ""
         if t.output_bytes is not None:
             output = f"{t.output_bytes / MIB:.1f} MiB ({100 * t.output_bytes / made.size:.1f}%)"
         runs = " ".join(f"{r:.3f}" for r in t.runs)
-        lines.append(f"{t.name:<14}{t.best:>9.3f}{made.size / t.best / 1e6:>8.0f}  "
+        lines.append(f"{t.name:<14}{t.best:>9.3f}{made.size / t.best / 1e6:>8.0f}"
+                     f"{t.best_cpu:>8.3f}  "
                      f"{output:>22}   {runs}")
     lines += ["", f"{'ours / peer':<32}{'ratio':>7}"]
     lines += [f"{name:<32}{value:>7.2f}" for name, value in results.ratios().items()]

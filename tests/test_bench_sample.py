@@ -160,6 +160,7 @@ def test_bench_json(tmp_path: Path) -> None:
     assert list(result["timings"]) == OPERATIONS
     for name, timing in result["timings"].items():
         assert len(timing["runs_seconds"]) == 1 and timing["best_seconds"] > 0, name
+        assert len(timing["cpu_runs_seconds"]) == 1 and timing["best_cpu_seconds"] >= 0, name
     for name in ("ours save", "lz4 -1", "zstd -1 -T2", "cp"):
         assert result["timings"][name]["output_bytes"] > 0, name
     assert result["timings"]["cp"]["output_bytes"] == 8 << 20
