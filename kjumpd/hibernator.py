@@ -164,22 +164,21 @@ class Hibernator:
         """Why hibernation is not possible now; [] when it is."""
         problems: list[str] = []
         try:
-            plan = self._plan()
-            kexec.check_files(plan.spec)
-        except (KjumpError, ValueError) as exc:
-            problems.append(str(exc))
-            plan = None
-        try:
             with self._open_target(writable=True) as target:
-                if plan is not None:
-                    need = image.required_capacity(plan.memmap)
-                    if target.capacity < need:
-                        problems.append(
-                            f"image target {self.settings.image_target} is too small: it holds "
-                            f"{target.capacity} bytes, saving {plan.memmap.total_bytes >> 20} MiB of memory "
-                            f"may need {need} bytes")
+                capacity = target.capacity
         except KjumpError as exc:
             problems.append(str(exc))
+        else:
+            try:
+                plan = self._plan()
+                kexec.check_files(plan.spec)
+                need = image.required_capacity(plan.memmap)
+                if capacity < need:
+                    problems.append(
+                        f"image target {self.settings.image_target} is too small: it holds {capacity} bytes, "
+                        f"saving {plan.memmap.total_bytes >> 20} MiB of memory may need {need} bytes")
+            except (KjumpError, ValueError) as exc:
+                problems.append(str(exc))
         for participant in self.participants:
             problems.extend(participant.problems(force=force))
         return problems
