@@ -41,10 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KJUMPD_TEST_CACHE", "/var/cache/kjumpd-test"))
 DEB_DIR = REPO / "build" / "deb"
 
-# Tools the checks run inside the root, on top of the package's run-time
-# dependencies (packaging/deps/runtime.txt), so that a warm run needs no
-# download at all.
-ROOT_TOOLS = ("systemd", "dbus", "initramfs-tools", "zstd", "cpio")
+# Installed in the root on top of packaging/deps/runtime.txt, so that a warm
+# run needs no download: the tools the checks run there, and polkitd, which
+# the package depends on (the daemon authorizes every call with polkit).
+ROOT_TOOLS = ("systemd", "dbus", "polkitd", "initramfs-tools", "zstd", "cpio")
 
 # Files every build of the package must carry (the units and policies are
 # written by other parts of the project; their names are fixed by the design).
@@ -54,8 +54,9 @@ REQUIRED_FILES = (
     "/usr/lib/python3/dist-packages/kjumpd/__init__.py",
     "/lib/systemd/system/kjumpd.service",
     "/lib/systemd/system/kjumpd-prepare.service",
-    "/lib/systemd/system-sleep/kjumpd",
+    "/usr/lib/kjumpd/kjumpd-sleep-hooks",
     "/usr/share/dbus-1/system.d/org.kjump.Hibernate1.conf",
+    "/usr/share/dbus-1/system-services/org.kjump.Hibernate1.service",
     "/usr/share/polkit-1/actions/org.kjump.policy",
     "/usr/share/initramfs-tools/hooks/kjumpd",
     "/usr/share/initramfs-tools/scripts/local-premount/kjumpd",
@@ -148,9 +149,14 @@ def base_root_tarball() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     work = CACHE / f"root-{suite}-{key}.tmp"
     shutil.rmtree(work, ignore_errors=True)
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(include)}", suite, str(work), mirror])
-    # Each test run installs from the local .deb; apt's package lists are kept
-    # so that a dependency added later still resolves.
+    run(["debootstrap", "--variant=minbase", suite, str(work), mirror])
+    # debootstrap's own resolver ignores virtual packages (python3-zstandard
+    # needs python3-cffi-backend-api-*), so the rest is installed with apt.
+    shutil.copy("/etc/resolv.conf", work / "etc/resolv.conf")
+    in_root(work, "apt-get", "install", "-y", "-q", "--no-install-recommends", *include)
+    # apt's package lists are kept so that a dependency added later still
+    # resolves; the downloaded .debs are not needed.
+    in_root(work, "apt-get", "clean")
     run(["tar", "--zstd", "-C", str(work), "-cf", f"{tarball}.part", "."])
     os.replace(f"{tarball}.part", tarball)
     shutil.rmtree(work)

@@ -1,24 +1,35 @@
-"""List the files the boot-time resume check needs in the initramfs.
+"""List what the boot-time resume check needs in the initramfs.
 
 Run by the initramfs-tools hook (/usr/share/initramfs-tools/hooks/kjumpd) as
 ``python3 /usr/share/kjumpd/initramfs-files.py [CONFIG_DIR]``. Prints one
-``KIND PATH`` line per file, where KIND is ``exec`` (an ELF file: the hook
-copies it with copy_exec, which brings its shared libraries) or ``file``
-(copied as is). The set is:
+instruction per line:
 
-* the Python interpreter and the modules ``kjumpctl resume-check`` imports,
-  found with modulefinder from kjumpctl and all of its subcommand groups
-  (kjumpctl imports every group at start-up), so the initramfs carries only
-  what runs there and not the daemon's D-Bus, GLib or udev stack;
-* the whole kjumpd package (small, and its modules import each other
-  lazily in places modulefinder cannot see);
+``exec PATH``
+    an ELF file; the hook copies it with copy_exec, which brings its shared
+    libraries;
+``file PATH [DEST]``
+    a file copied as is (to DEST in the initramfs when given);
+``env NAME VALUE``
+    a shell assignment for /conf/conf.d/kjumpd, which the initramfs sources
+    before the boot scripts run (VALUE is already shell-quoted).
+
+What is listed:
+
+* the Python interpreter and the modules ``kjumpctl`` imports, found with
+  modulefinder from kjumpctl and all of its subcommand groups (kjumpctl
+  imports every group at start-up), without the daemon's D-Bus, GLib and udev
+  stack;
+* the whole kjumpd package (small, and its modules import each other lazily
+  in places modulefinder cannot see);
 * kexec from kexec-tools;
-* kjumpd's configuration, and the hibernate kernel and initrd it names, since
-  the root file system is not mounted when the check runs.
+* from kjumpd's configuration: the hibernate kernel and initrd, copied to
+  the places the resume check loads them from (the root file system is not
+  mounted when it runs), and the image target and offset
+  (``KJUMPD_TARGET``, ``KJUMPD_OFFSET``).
 
-Problems that make a resume impossible (no hibernate kernel configured, a
-configured file missing) are printed to stderr as warnings: an initramfs
-without them still boots, it just cannot resume.
+Problems that make a resume impossible (no target or hibernate kernel
+configured, a configured file missing) are printed to stderr as warnings: an
+initramfs without them still boots, it just cannot resume.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import importlib.util
 import modulefinder
 import os
 import pkgutil
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator
@@ -77,28 +89,35 @@ def kjumpd_modules() -> list[str]:
     return ENTRY_POINTS + groups
 
 
-def configured_files(config_dir: str) -> Iterator[tuple[str, Path]]:
-    """kjumpd's configuration files and the hibernate kernel and initrd they name."""
+def configured(config_dir: str) -> Iterator[tuple[str, ...]]:
+    """The hibernate kernel and initrd (as ``file SRC DEST``) and the image
+    target (as ``env`` lines) from kjumpd's configuration."""
     from kjumpd import config as kconfig
+    from kjumpd import resumehook
 
     try:
         conf = kconfig.load(config_dir)
     except kconfig.ConfigError as exc:
         warn(f"{exc}; the initramfs will not be able to resume")
         return
-    for source in conf.sources:
-        yield "file", Path(source)
-    if not (conf.kernel and conf.initrd):
-        warn("no [HibernateKernel] Kernel= and Initrd= configured; the initramfs will not be able to resume")
-    for path in filter(None, (conf.kernel, conf.initrd)):
-        if Path(path).is_file():
-            yield "file", Path(path)
+    where = ", ".join(conf.sources) or "defaults"
+    if conf.image_target:
+        yield "env", "KJUMPD_TARGET", shlex.quote(conf.image_target)
+        yield "env", "KJUMPD_OFFSET", str(conf.image_offset)
+    else:
+        warn(f"no [Image] Target= in {where}; the initramfs resumes only with kjump.resume= on the kernel command line")
+    for key, path, dest in (("Kernel", conf.kernel, resumehook.DEFAULT_KERNEL),
+                            ("Initrd", conf.initrd, resumehook.DEFAULT_INITRD)):
+        if not path:
+            warn(f"no [HibernateKernel] {key}= in {where}; the initramfs will not be able to resume")
+        elif not Path(path).is_file():
+            warn(f"{path} ([HibernateKernel] {key}= in {where}) does not exist; the initramfs will not be able to resume")
         else:
-            warn(f"{path} (from {', '.join(conf.sources)}) does not exist; the initramfs will not be able to resume")
+            yield "file", path, dest
 
 
 def main(argv: list[str]) -> int:
-    """Print the list; the optional argument is the configuration directory."""
+    """Print the instructions; the optional argument is the configuration directory."""
     config_dir = argv[1] if len(argv) > 1 else "/etc/kjumpd"
     entries: dict[Path, str] = {Path(os.path.realpath(sys.executable)): "exec", Path(sys.executable): "exec"}
     kexec = shutil.which("kexec", path="/usr/sbin:/sbin:/usr/bin:/bin")
@@ -110,10 +129,10 @@ def main(argv: list[str]) -> int:
         entries.setdefault(path, kind)
     for path in package_files("kjumpd"):
         entries.setdefault(path, "exec" if path.suffix == ".so" else "file")
-    for kind, path in configured_files(config_dir):
-        entries.setdefault(path, kind)
     for path, kind in entries.items():
         print(kind, path)
+    for line in configured(config_dir):
+        print(*line)
     return 0
 
 
