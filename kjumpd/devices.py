@@ -31,7 +31,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 import pyudev
 from gi.repository import GLib
@@ -288,7 +288,7 @@ class DeviceTracker:
         self._memory_flag = False
         self._memory_baseline: frozenset[tuple[str, str]] | None = None
         self._monitor: pyudev.Monitor | None = None
-        self._mountinfo_file: object = None
+        self._mountinfo_file: BinaryIO | None = None
         self._sources: list[GLib.Source] = []
         self._main_context: GLib.MainContext | None = None
         self._last_state: object = None
