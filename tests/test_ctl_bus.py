@@ -128,4 +128,4 @@ def test_wait_ends_when_the_daemon_leaves(kjumpd_service: InProcessDaemon, polki
     _out, err = process.communicate(timeout=60)
     fake_hibernator.gate.set()
     assert process.returncode == EXIT_FAILED
-    assert "left the bus" in err
+    assert "lost kjumpd before the operation ended" in err

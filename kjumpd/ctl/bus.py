@@ -96,8 +96,8 @@ class Client:
         def check(*_: Any) -> None:
             try:
                 props = self.properties()
-            except CallFailed as exc:
-                state["error"] = exc
+            except CallFailed as exc:  # e.g. NoReply: kjumpd went away while we asked
+                state["error"] = CallFailed(f"lost kjumpd before the operation ended: {exc}", EXIT_FAILED)
                 loop.quit()
                 return
             if done(props):
@@ -105,7 +105,7 @@ class Client:
                 loop.quit()
 
         def vanished(*_: Any) -> None:
-            state["error"] = CallFailed("kjumpd left the bus before the operation ended", EXIT_FAILED)
+            state.setdefault("error", CallFailed("lost kjumpd before the operation ended: it left the bus", EXIT_FAILED))
             loop.quit()
 
         subscription = self.con.signal_subscribe(BUS_NAME, "org.freedesktop.DBus.Properties", "PropertiesChanged",
