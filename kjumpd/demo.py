@@ -13,6 +13,7 @@ value it had, and ``kjumpctl hibernate --wait`` returns 0.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import signal
@@ -83,6 +84,34 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60.0) 
             return value
         time.sleep(0.1)
     raise SystemExit(f"demo: timed out waiting for {what}")
+
+
+def fill_ram(machine: SimulatedMachine, fraction: float = 0.6) -> int:
+    """Give A's RAM something like a running system's contents: programs, text, random data.
+
+    Returns the number of bytes filled; the rest stays zero, as free memory
+    often is.
+    """
+    sources = []
+    for directory in ("/usr/bin", "/usr/lib/python3.11"):
+        for name in sorted(os.listdir(directory))[:400]:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                sources.append(path)
+    size = int(machine.hardware["ram_size"])
+    address, limit, filled = 16 << 20, int(size * fraction), 0
+    with machine.physical_memory(writable=True) as ram:
+        for number, path in enumerate(itertools.islice(itertools.cycle(sources), 100000)):
+            if address + (1 << 20) > limit:
+                break
+            with open(path, "rb") as handle:
+                data = handle.read(1 << 20)
+            if number % 7 == 0:
+                data = os.urandom(len(data))        # encrypted or compressed data
+            ram.write(address, data)
+            filled += len(data)
+            address += len(data) + (-len(data) % 4096) + (64 << 10) * (number % 3)
+    return filled
 
 
 def last_line(path: str) -> str:
@@ -159,6 +188,9 @@ def run(workdir: str) -> int:
         show(kjumpctl + ["prepare"], env)
         show(kjumpctl + ["status"], env)
         show(kjumpctl + ["can-hibernate"], env)
+
+        filled = fill_ram(machine)
+        print(f"  A's RAM holds {filled >> 20} MiB of programs, text and random data; the rest is free (zero)")
 
         say("A workload in A keeps a token and a counter in RAM")
         workload_log = os.path.join(workdir, "workload.log")
