@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 
-from conftest import FakeHibernator, InProcessDaemon, Mock, connect
+from dbus_testing import FakeHibernator, InProcessDaemon, Mock, connect
 
 from kjumpd.ctl import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 

@@ -10,7 +10,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import FakeHibernator, InProcessDaemon, Mock, connect, wait_for
+from dbus_testing import FakeHibernator, InProcessDaemon, Mock, connect, wait_for
 from gi.repository import GLib
 
 from kjumpd.format import RESTART_POINTS

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import Mock, connect, wait_for
+from dbus_testing import Mock, connect, wait_for
 
 from kjumpd.ctl import EXIT_FAILED, EXIT_OK
 from kjumpd.machine.simulated import SimulatedMachine

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import FakeHibernator, InProcessDaemon, Mock, spawn_mock, start_dbus_daemon
+from dbus_testing import FakeHibernator, InProcessDaemon, Mock, spawn_mock, start_dbus_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "dbus-policy" / "org.kjump.Hibernate1.conf"
