@@ -4,6 +4,7 @@ normal one, never half-restored memory, and the reason is visible."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,10 +17,11 @@ import pytest
 
 from kjumpd import image
 from kjumpd.errors import RefusedError
-from kjumpd.format import DATA_OFFSET, ChunkHeader, State
+from kjumpd.format import DATA_OFFSET, ChunkHeader, Compression, Handoff, State
 from kjumpd.hibernator import HibernateResult, HibernateSettings, Hibernator
 from kjumpd.machine import MachineLostError
 from kjumpd.machine.simulated import SimulatedMachine
+from kjumpd.memmap import DEFAULT_LOW, Range, choose_region, save_map
 from kjumpd.target import ImageTarget
 
 TOKEN = b"workload-token-0123456789"
@@ -318,3 +320,42 @@ def test_consumed_image_is_not_resumed_again(machine: SimulatedMachine) -> None:
     assert not boot.resumed
     assert "already restored (consumed)" in boot.output
     assert token(machine) == bytes(len(TOKEN))
+
+
+def test_parked_b_entered_again_saves_afresh(machine: SimulatedMachine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real machine B stays parked after its jump back; A's next jump returns from
+    B's jump_back and B must read the new handoff and save again."""
+    from kjumpd import savekernel
+
+    h = hibernator(machine)
+    h.stage()
+    spec_line = [e for e in machine.events() if e["event"] == "kexec-load"][-1]["command_line"]
+    restart_points = iter(["suspend", "platform"])
+    jumps: list[int] = []
+
+    class Done(Exception):
+        pass
+
+    class ParkedB(SimulatedMachine):
+        def jump_back(self, entry: int) -> None:
+            jumps.append(entry)
+            if len(jumps) == 2:
+                raise Done()
+            # A hibernates again with another restart point, as it would before re-entering B.
+            with ImageTarget.open(machine.target_path) as target:
+                handoff, _ = image.read_handoff(target)
+                image.write_handoff(target, dataclasses.replace(handoff, restart_point=next(restart_points)))
+
+    ram = machine.system_ram()
+    region = choose_region(ram, 4 << 20)
+    low = Range(DEFAULT_LOW[0], DEFAULT_LOW[0] + DEFAULT_LOW[1])
+    with ImageTarget.open(machine.target_path) as target:
+        image.write_handoff(target, Handoff(machine.identity(), "resume", Compression.NONE, region.start,
+                                            region.size, low.start, low.size, save_map(ram, region, low), 7))
+    monkeypatch.setattr(savekernel, "machine_from_command_line",
+                        lambda params, kernel: ParkedB(machine.path, kernel="B"))
+    with pytest.raises(Done):
+        savekernel.main(["--cmdline", f"{spec_line} kexec_jump_back_entry=0x2000fb"])
+    assert jumps == [0x2000FB, 0x2000FB]
+    sb = superblock(machine)
+    assert sb.state == State.SAVED and sb.restart_point == "suspend", "the second save used the new handoff"
