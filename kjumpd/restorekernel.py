@@ -24,7 +24,7 @@ def restore(machine: Machine, args: kexec.HibernateKernelArgs) -> int:
     with machine.open_target(args.target, offset=args.offset, writable=True) as target:
         try:
             with machine.physical_memory(writable=True) as memory:
-                superblock = image.restore(target, memory, progress=ConsoleProgress(machine, "restoring"))
+                superblock = image.restore(target, memory, progress=ConsoleProgress(machine))
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             try:

@@ -26,19 +26,19 @@ from .target import ImageTarget
 
 
 class ConsoleProgress:
-    """Prints progress on the console every ``step`` percent."""
+    """Prints the image engine's progress on the console every ``step`` percent of each phase."""
 
-    def __init__(self, machine: Machine, what: str, step: int = 10) -> None:
+    def __init__(self, machine: Machine, step: int = 10) -> None:
         self.machine = machine
-        self.what = what
         self.step = step
-        self.shown = -1
+        self.phase = ""
+        self.shown = 0
 
     def __call__(self, done: int, total: int, phase: str) -> None:
         percent = 100 * done // total if total else 100
-        if percent // self.step != self.shown // self.step or self.shown < 0:
-            self.shown = percent
-            self.machine.console(f"{self.what}: {percent}% of {total >> 20} MiB")
+        if phase != self.phase or percent // self.step != self.shown // self.step:
+            self.phase, self.shown = phase, percent
+            self.machine.console(f"{phase}: {percent}% of {total >> 20} MiB")
 
 
 def read_command_line(text: str | None) -> dict[str, str]:
@@ -73,7 +73,7 @@ def save(machine: Machine, args: kexec.HibernateKernelArgs) -> tuple[str, bool]:
                         f"({handoff.compression.label}), then {handoff.restart_point}")
         with machine.physical_memory(writable=False) as memory:
             superblock = image.save(memory, target, handoff, jump_back_entry=args.jump_back_entry or 0,
-                                    progress=ConsoleProgress(machine, "saving"))
+                                    progress=ConsoleProgress(machine))
         machine.console(f"image saved: {superblock.image_bytes >> 20} MiB on disk")
         return handoff.restart_point, True
     except Exception as exc:  # whatever went wrong, A must get control back
