@@ -43,9 +43,10 @@ _BUSY_STATES = ("preparing", "hibernating")
 class CallFailed(Exception):
     """A D-Bus call failed; carries the exit code kjumpctl should return."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, dbus_name: str = "") -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.dbus_name = dbus_name
 
 
 class Client:
@@ -74,7 +75,7 @@ class Client:
             message = exc.message
             if name in _NOT_RUNNING:
                 message = f"kjumpd is not running ({BUS_NAME} is not on the bus)"
-            raise CallFailed(message, _EXIT_FOR_ERROR.get(name, EXIT_FAILED)) from exc
+            raise CallFailed(message, _EXIT_FOR_ERROR.get(name, EXIT_FAILED), name) from exc
         return result.unpack() if result is not None else ()
 
     def properties(self) -> dict[str, Any]:
@@ -110,7 +111,14 @@ class Client:
 
         subscription = self.con.signal_subscribe(BUS_NAME, "org.freedesktop.DBus.Properties", "PropertiesChanged",
                                                  OBJECT_PATH, INTERFACE, Gio.DBusSignalFlags.NONE, check)
-        start()
+        try:
+            start()
+        except CallFailed as exc:
+            self.con.signal_unsubscribe(subscription)
+            if exc.dbus_name != "org.freedesktop.DBus.Error.NoReply":
+                raise
+            # kjumpd left after accepting the call but before its reply reached us
+            raise CallFailed(f"lost kjumpd before the operation ended: {exc}", EXIT_FAILED) from exc
         watch = Gio.bus_watch_name_on_connection(self.con, BUS_NAME, Gio.BusNameWatcherFlags.NONE, None, vanished)
         try:
             GLib.idle_add(lambda: check() or GLib.SOURCE_REMOVE)
