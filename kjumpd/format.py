@@ -371,8 +371,12 @@ class Superblock:
 
     @property
     def image_bytes(self) -> int:
-        """Bytes the image occupies on the target (header area, stream, trailer)."""
-        return DATA_OFFSET + self.stream_bytes + ALIGN if self.state != State.EMPTY else 0
+        """Bytes of image data on the target: superblock, chunk stream and trailer.
+
+        The handoff adds a few KiB inside the reserved header area, which is
+        otherwise left unwritten (sparse in a file).
+        """
+        return SUPERBLOCK_SIZE + self.stream_bytes + ALIGN if self.state != State.EMPTY else 0
 
     def pack(self) -> bytes:
         """Serialise into exactly SUPERBLOCK_SIZE bytes."""
@@ -468,8 +472,8 @@ class ChunkHeader:
 
     @property
     def total(self) -> int:
-        """Bytes the chunk occupies in the stream, padded to ALIGN."""
-        return -(-(self.size + self.stored_len) // ALIGN) * ALIGN
+        """Bytes the chunk occupies in the stream (chunks are packed back to back)."""
+        return self.size + self.stored_len
 
     def pack(self) -> bytes:
         """Serialise the header and bitmap."""

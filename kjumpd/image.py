@@ -217,9 +217,54 @@ def _encode_chunk(source: PhysicalMemory, memmap: MemoryMap, codec: _Codec, chun
             flags = CHUNK_FLAG_STORED_RAW
     header = ChunkHeader(index, first, pages, len(payload), len(stored), checksum(payload),
                          checksum(stored), bytes(bitmap), flags)
-    head = header.pack()
-    pad = header.total - len(head) - len(stored)
-    return _Encoded(header, [head, stored, _ZERO_PAGE[:pad]], zeros)
+    return _Encoded(header, [header.pack(), stored], zeros)
+
+
+class _StreamWriter:
+    """Packs chunks back to back and writes them in large aligned blocks.
+
+    Block devices are written with ``O_DIRECT``, which needs aligned positions
+    and lengths; the unaligned tail waits in the buffer for the next chunk.
+    Data is flushed every ``SYNC_EVERY`` bytes so the final flush is short
+    and overlaps with the encoders still working.
+    """
+
+    BLOCK = 8 << 20
+    SYNC_EVERY = 64 << 20
+
+    def __init__(self, target: ImageTarget, position: int) -> None:
+        self.target = target
+        self.position = position        # where the buffer's first byte goes
+        self.buffer = bytearray()
+        self._unsynced = 0
+
+    @property
+    def end(self) -> int:
+        """Stream position after everything added so far."""
+        return self.position + len(self.buffer)
+
+    def add(self, parts: list[bytes | memoryview]) -> None:
+        """Append a chunk's pieces; write out whole blocks."""
+        for part in parts:
+            self.buffer += part
+        if len(self.buffer) >= self.BLOCK:
+            self._write(len(self.buffer) - len(self.buffer) % ALIGN)
+
+    def _write(self, length: int) -> None:
+        self.target.write(self.position, memoryview(self.buffer)[:length])
+        del self.buffer[:length]
+        self.position += length
+        self._unsynced += length
+        if self._unsynced >= self.SYNC_EVERY:
+            self.target.sync()
+            self._unsynced = 0
+
+    def finish(self) -> int:
+        """Pad the last block with zeros, write it; returns the aligned end of the stream."""
+        self.buffer += bytes(-len(self.buffer) % ALIGN)
+        if self.buffer:
+            self._write(len(self.buffer))
+        return self.position
 
 
 def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_back_entry: int = 0,
@@ -257,19 +302,19 @@ def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_
     codec = _Codec(handoff.compression)
     chunks = -(-memmap.total_pages // chunk_pages)
     stream = xxhash.xxh3_64()
-    position = DATA_OFFSET
     zero_pages = 0
     total = memmap.total_bytes
+    writer = _StreamWriter(target, DATA_OFFSET)
     with ThreadPoolExecutor(workers, thread_name_prefix="kjump-save") as pool:
         encoded = _ordered_map(pool, lambda i: _encode_chunk(source, memmap, codec, chunk_pages, i),
-                               range(chunks), workers * 3)
+                               range(chunks), workers * 4)
         for item in encoded:
-            target.write_parts(position, item.parts)
-            position += item.header.total
+            writer.add(item.parts)
             zero_pages += item.zero_pages
             stream_checksum_update(stream, item.header)
             if progress:
                 progress(min(total, (item.header.first_page + item.header.pages) * PAGE_SIZE), total, "save")
+    position = writer.finish()
     stream_bytes = position - DATA_OFFSET
     trailer = Trailer(chunks, memmap.total_pages, zero_pages, stream_bytes, stream.intdigest())
     target.write(position, trailer.pack())
@@ -332,7 +377,11 @@ def _chunks(target: ImageTarget, superblock: Superblock) -> Iterator[tuple[Chunk
         stream_checksum_update(stream, header)
         yield header, stored
         position += header.total
+    padding = -position % ALIGN
     try:
+        if padding and any(window.take(position, padding)):
+            raise ImageError(f"the padding after the last chunk (byte {position}) is not zero — the image is corrupt")
+        position += padding
         trailer = Trailer.unpack(window.take(position, ALIGN))
     except FormatError as exc:
         raise ImageError(f"trailer (byte {position}): {exc}") from exc
@@ -401,11 +450,23 @@ def _decoded(target: ImageTarget, superblock: Superblock, workers: int, progress
             yield header, raw
 
 
-def verify(target: ImageTarget, *, progress: Progress | None = None, workers: int = WORKERS) -> Superblock:
-    """Check every record and chunk of a restorable image, decoding all pages; ImageError why not."""
+def verify(target: ImageTarget, *, deep: bool = False, progress: Progress | None = None,
+           workers: int = WORKERS) -> Superblock:
+    """Check every record and every chunk's checksums of a restorable image; ImageError why not.
+
+    That proves every stored byte is what B wrote. ``deep`` also decodes
+    every chunk and checks the decoded pages (what restore does before it
+    writes anything).
+    """
     superblock, _ = _usable(target)
-    for _ in _decoded(target, superblock, workers, progress, "verify"):
-        pass
+    if deep:
+        for _ in _decoded(target, superblock, workers, progress, "verify"):
+            pass
+        return superblock
+    total = superblock.pages_total * PAGE_SIZE
+    for header, _ in _chunks(target, superblock):
+        if progress:
+            progress(min(total, (header.first_page + header.pages) * PAGE_SIZE), total, "verify")
     return superblock
 
 
@@ -448,8 +509,7 @@ def restore(target: ImageTarget, dest: PhysicalMemory, *, progress: Progress | N
         problem = dest.check_range(r.start, r.size)
         if problem:
             raise ImageError(f"refusing to restore: the image was written for another layout ({problem})")
-    for _ in _decoded(target, superblock, workers, progress, "verify"):
-        pass
+    verify(target, deep=True, progress=progress, workers=workers)
     set_state(target, State.RESTORING)
     for header, raw in _decoded(target, superblock, workers, progress, "restore"):
         _scatter(dest, handoff.memmap, header, raw)

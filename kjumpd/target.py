@@ -114,20 +114,6 @@ class ImageTarget:
         else:
             self._pwrite_all(memoryview(data), position)
 
-    def write_parts(self, position: int, parts: list[bytes | memoryview]) -> None:
-        """Write several buffers back to back at ``position`` (one ``pwritev`` when buffered)."""
-        total = sum(len(p) for p in parts)
-        if self.direct or position < 0 or position + total > self.capacity:
-            self.write(position, b"".join(parts))
-            return
-        offset = self.offset + position
-        try:
-            done = os.pwritev(self._fd, parts, offset)
-        except OSError as exc:
-            raise ImageError(f"write to image target {self.path} failed: {exc.strerror}") from exc
-        if done < total:
-            self._pwrite_all(memoryview(b"".join(parts))[done:], position + done)
-
     def _pwrite_all(self, view: memoryview, position: int) -> None:
         offset = self.offset + position
         while view:

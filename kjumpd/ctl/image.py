@@ -123,7 +123,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """kjumpctl image verify IMAGE."""
     with ImageTarget.open(args.image, offset=args.offset, writable=False) as target:
-        sb = image.verify(target, progress=ProgressBar())
+        sb = image.verify(target, deep=args.deep, progress=ProgressBar())
     print(f"{args.image}: valid image of {sb.pages_total * 4096 >> 20} MiB in {sb.chunk_count} chunks "
           f"({sb.compression.label}), restart point {sb.restart_point}")
     return EXIT_OK
@@ -210,6 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    choices=("resume", "suspend", "platform", "shutdown", "reboot"))
     v = add("verify", cmd_verify, "check every record and chunk of IMAGE; exit 1 with the reason if invalid")
     v.add_argument("image", metavar="IMAGE")
+    v.add_argument("--deep", action="store_true",
+                   help="also decompress every chunk and check the pages (what a restore does first)")
     r = add("restore", cmd_restore, "verify IMAGE, then write its pages into DEST (a memory file)")
     r.add_argument("image", metavar="IMAGE")
     r.add_argument("dest", metavar="DEST")
