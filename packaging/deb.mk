@@ -8,6 +8,8 @@
 # debian/. The copy holds the files git tracks plus untracked, not ignored
 # ones (work in progress is built as it is).
 
+# The build directory (absolute or relative to the top of the tree); the
+# tests pass a private one.
 DEB_BUILD_DIR := build/deb
 DEB_VERSION = $(shell dpkg-parsechangelog -l packaging/debian/changelog -S Version)
 DEB_SRC = $(DEB_BUILD_DIR)/kjumpd-$(DEB_VERSION)

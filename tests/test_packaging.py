@@ -33,18 +33,19 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KJUMPD_TEST_CACHE", "/var/cache/kjumpd-test"))
-DEB_DIR = REPO / "build" / "deb"
 
 # Installed in the root on top of packaging/deps/runtime.txt, so that a warm
-# run needs no download: the tools the checks run there, and polkitd, which
-# the package depends on (the daemon authorizes every call with polkit).
-ROOT_TOOLS = ("systemd", "dbus", "polkitd", "initramfs-tools", "zstd", "cpio")
+# run needs no download: the tools the checks run there, and the package's
+# dependencies that runtime.txt does not list (polkitd: the daemon authorizes
+# every call with polkit; procps: kjumpd.service reloads with /bin/kill).
+ROOT_PACKAGES = ("systemd", "dbus", "polkitd", "procps", "initramfs-tools", "zstd", "cpio")
 
 # Files every build of the package must carry (the units and policies are
 # written by other parts of the project; their names are fixed by the design).
@@ -65,6 +66,9 @@ REQUIRED_FILES = (
     "/usr/share/man/man1/kjumpctl.1.gz",
     "/usr/share/man/man5/kjumpd.conf.5.gz",
 )
+
+# No single step (debootstrap included) takes this long unless it hangs.
+COMMAND_TIMEOUT = 1200
 
 # A kernel release for the fake modules tree mkinitramfs needs in the root.
 FAKE_KERNEL = "0.0.0-kjumpd-test"
@@ -90,7 +94,8 @@ def clean_env() -> dict[str, str]:
 def run(cmd: list[str], *, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command with the clean environment; on failure the assertion
     message carries its output."""
-    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=COMMAND_TIMEOUT)
     if check:
         assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-6000:]}"
     return proc
@@ -136,7 +141,7 @@ def base_root_tarball() -> Path:
     run-time dependencies and the tools the checks use; made with
     debootstrap on first use."""
     mirror, suite = apt_mirror()
-    include = sorted(set(package_list(REPO / "packaging/deps/runtime.txt")) | set(ROOT_TOOLS))
+    include = sorted(set(package_list(REPO / "packaging/deps/runtime.txt")) | set(ROOT_PACKAGES))
     key = hashlib.sha256(f"{suite} {mirror} {' '.join(include)}".encode()).hexdigest()[:16]
     tarball = CACHE / f"root-{suite}-{key}.tar.zst"
     if tarball.exists():
@@ -172,11 +177,9 @@ def tree(root: Path) -> set[str]:
     """Every path in the root except package-manager bookkeeping."""
     paths = set()
     for dirpath, dirnames, filenames in os.walk(root):
-        rel = "/" + os.path.relpath(dirpath, root).removeprefix(".").lstrip("/")
-        for name in dirnames + filenames:
-            path = os.path.join(rel, name)
-            if not BOOKKEEPING.match(path):
-                paths.add(path)
+        rel = "/" if dirpath == str(root) else "/" + os.path.relpath(dirpath, root)
+        dirnames[:] = [d for d in dirnames if not BOOKKEEPING.match(os.path.join(rel, d))]
+        paths.update(p for p in (os.path.join(rel, n) for n in dirnames + filenames) if not BOOKKEEPING.match(p))
     return paths
 
 
@@ -185,12 +188,15 @@ def tree(root: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def deb() -> Path:
-    """Build the package with ``make deb`` and return the .deb."""
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the package with ``make deb`` and return the .deb. The build
+    directory is private to this test run, so that runs in the same work
+    tree (and the developer's own ``make deb``) do not disturb each other."""
     need_tools("make", "dpkg-buildpackage")
-    run(["make", "-C", str(REPO), "deb"])
-    debs = sorted(DEB_DIR.glob("kjumpd_*_all.deb"))
-    assert len(debs) == 1, f"expected one kjumpd_*_all.deb in {DEB_DIR}, found {debs}"
+    build_dir = tmp_path_factory.mktemp("deb")
+    run(["make", "-C", str(REPO), "deb", f"DEB_BUILD_DIR={build_dir}"])
+    debs = sorted(build_dir.glob("kjumpd_*_all.deb"))
+    assert len(debs) == 1, f"expected one kjumpd_*_all.deb in {build_dir}, found {debs}"
     return debs[0]
 
 
@@ -220,8 +226,7 @@ def test_package_metadata(deb: Path) -> None:
     depends = run(["dpkg-deb", "--field", str(deb), "Depends"]).stdout
     for name in package_list(REPO / "packaging/deps/runtime.txt"):
         assert re.search(rf"(^|[ ,|]){re.escape(name)}([ ,:(]|$)", depends), f"{name} not in Depends: {depends}"
-    control = DEB_DIR / "control-check"
-    shutil.rmtree(control, ignore_errors=True)
+    control = deb.parent / "control-check"
     run(["dpkg-deb", "--control", str(deb), str(control)])
     assert "update-initramfs" in (control / "triggers").read_text()
     assert "kjumpd.service" in (control / "postinst").read_text()
@@ -244,10 +249,18 @@ def test_lintian_has_no_errors(deb: Path) -> None:
 # install into a debootstrap root
 
 
+@dataclass(frozen=True)
+class DebRoot:
+    """A Debian root with the package installed."""
+
+    path: Path
+    before: frozenset[str]  # every path (bookkeeping aside) before the install
+
+
 @pytest.fixture(scope="module")
-def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebRoot]:
     """A fresh minimal Debian root with the package installed by apt; /proc
-    is mounted for the tools that need it. Yields (root, tree before install)."""
+    is mounted for the tools that need it."""
     need_tools("chroot", "tar", "zstd", "mount")
     tarball = base_root_tarball()
     rootdir = tmp_path_factory.mktemp("debroot") / "root"
@@ -265,34 +278,40 @@ def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         modules.mkdir(parents=True)
         for name in ("modules.order", "modules.builtin"):
             (modules / name).touch()
+        # ... and the kernel's config, to check it can unpack the archive
+        (rootdir / f"boot/config-{FAKE_KERNEL}").write_text("CONFIG_BLK_DEV_INITRD=y\nCONFIG_RD_GZIP=y\nCONFIG_RD_ZSTD=y\n")
         in_root(rootdir, "depmod", FAKE_KERNEL)
-        rootdir.before = tree(rootdir)  # type: ignore[attr-defined]
+        before = frozenset(tree(rootdir))
         shutil.copy(deb, rootdir / "tmp" / deb.name)
         in_root(rootdir, "apt-get", "install", "-y", "-q", "--no-install-recommends", f"/tmp/{deb.name}")
-        yield rootdir
+        yield DebRoot(rootdir, before)
     finally:
         run(["umount", "--lazy", str(rootdir / "proc")], check=False)
         shutil.rmtree(rootdir, ignore_errors=True)
 
 
-def test_installed_files_in_place(root: Path) -> None:
+def test_installed_files_in_place(root: DebRoot) -> None:
     """Every required file exists in the root after apt installed the
     package, and the unit drop-ins sit where systemd reads them."""
-    missing = [f for f in REQUIRED_FILES if not (root / f.lstrip("/")).exists()]
+    missing = [f for f in REQUIRED_FILES if not (root.path / f.lstrip("/")).exists()]
     assert not missing
-    assert (root / "usr/share/initramfs-tools/hooks/kjumpd").stat().st_mode & 0o111
-    assert (root / "usr/share/initramfs-tools/scripts/local-premount/kjumpd").stat().st_mode & 0o111
-    conf = (root / "etc/kjumpd/kjumpd.conf").read_text()
+    assert (root.path / "usr/share/initramfs-tools/hooks/kjumpd").stat().st_mode & 0o111
+    assert (root.path / "usr/share/initramfs-tools/scripts/local-premount/kjumpd").stat().st_mode & 0o111
+    # enabled by the maintainer scripts (deb-systemd-helper), not started
+    for link in ("multi-user.target.wants/kjumpd.service", "dbus-org.kjump.Hibernate1.service",
+                 "sleep.target.wants/kjumpd-prepare.service"):
+        assert (root.path / "etc/systemd/system" / link).is_symlink(), f"{link} not enabled"
+    conf = (root.path / "etc/kjumpd/kjumpd.conf").read_text()
     active = [line for line in conf.splitlines() if line.strip() and not line.lstrip().startswith(("#", ";", "["))]
     assert not active, f"the default kjumpd.conf sets options: {active}"
 
 
-def test_systemd_analyze_verify_installed_units(root: Path) -> None:
+def test_systemd_analyze_verify_installed_units(root: DebRoot) -> None:
     """systemd-analyze verify (run inside the root, against the installed
     unit files and the commands they name) accepts every kjumpd unit."""
-    units = sorted(p.name for p in (root / "lib/systemd/system").glob("kjumpd*.service"))
+    units = sorted(p.name for p in (root.path / "lib/systemd/system").glob("kjumpd*.service"))
     assert units
-    out = in_root(root, "systemd-analyze", "verify", *[f"/lib/systemd/system/{u}" for u in units], check=False)
+    out = in_root(root.path, "systemd-analyze", "verify", *[f"/lib/systemd/system/{u}" for u in units], check=False)
     # systemd-analyze also loads the units ours refer to; only lines about
     # our files count (the minimal root lacks some distant units).
     ours = [line for line in out.stdout.splitlines() if "kjump" in line]
@@ -300,44 +319,92 @@ def test_systemd_analyze_verify_installed_units(root: Path) -> None:
     assert not ours, out.stdout
 
 
-def test_kjumpctl_runs_from_installed_package(root: Path) -> None:
+def test_kjumpctl_runs_from_installed_package(root: DebRoot) -> None:
     """The installed kjumpctl starts with the system Python and the
     Debian-packaged dependencies only."""
-    out = in_root(root, "kjumpctl", "--help").stdout
+    out = in_root(root.path, "kjumpctl", "--help").stdout
     assert "kjumpctl" in out
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    assert version in in_root(root, "kjumpctl", "--version").stdout
+    assert version in in_root(root.path, "kjumpctl", "--version").stdout
 
 
-def test_initramfs_carries_resume_check(root: Path, tmp_path: Path) -> None:
-    """mkinitramfs (with the package's hook) builds an initramfs that has
-    the boot script and a kjumpctl that runs inside it."""
-    in_root(root, "mkinitramfs", "-o", "/tmp/initrd.img", FAKE_KERNEL)
-    listing = in_root(root, "lsinitramfs", "/tmp/initrd.img").stdout.split()
-    for path in ("scripts/local-premount/kjumpd", "usr/bin/kjumpctl", "usr/lib/python3/dist-packages/kjumpd/__init__.py"):
-        assert path in listing, f"{path} not in the initramfs"
-    assert "scripts/local-premount/ORDER" in listing
-    order = None
-    extracted = tmp_path / "initrd"
-    run(["unmkinitramfs", str(root / "tmp/initrd.img"), str(extracted)])
+def test_initramfs_carries_resume_check(root: DebRoot) -> None:
+    """mkinitramfs (with the package's hook) builds an initramfs with the
+    boot script, the configured hibernate kernel, initrd and image target,
+    and a kjumpctl that runs inside it."""
+    boot = root.path / "boot"
+    (boot / "kjump-vmlinuz").write_bytes(b"kernel " * 100)
+    (boot / "kjump-initrd").write_bytes(b"initrd " * 100)
+    dropin = root.path / "etc/kjumpd/kjumpd.conf.d/test.conf"
+    dropin.parent.mkdir()
+    dropin.write_text("[Image]\nTarget=/dev/disk/by-partlabel/kjump-test\nOffset=1M\n"
+                      "[HibernateKernel]\nKernel=/boot/kjump-vmlinuz\nInitrd=/boot/kjump-initrd\n")
+    try:
+        in_root(root.path, "mkinitramfs", "-o", "/tmp/initrd.img", FAKE_KERNEL)
+    finally:
+        # the purge test must find only what the package itself made
+        shutil.rmtree(dropin.parent)
+        for name in ("kjump-vmlinuz", "kjump-initrd"):
+            (boot / name).unlink()
+    # unpacked with the root's own initramfs-tools, inside the root
+    in_root(root.path, "unmkinitramfs", "/tmp/initrd.img", "/tmp/initrd")
+    (root.path / "tmp/initrd.img").unlink()
+    extracted = root.path / "tmp/initrd"
     main = extracted / "main" if (extracted / "main").is_dir() else extracted
-    order = (main / "scripts/local-premount/ORDER").read_text()
-    assert "/scripts/local-premount/kjumpd" in order
-    # the resume program really runs there: python, the package and its
-    # compiled dependencies are all inside
-    out = run(["chroot", str(main), "/usr/bin/kjumpctl", "--help"]).stdout
-    assert "resume-check" in out
+    try:
+        assert (main / "scripts/local-premount/kjumpd").stat().st_mode & 0o111
+        assert "/scripts/local-premount/kjumpd" in (main / "scripts/local-premount/ORDER").read_text()
+        assert (main / "usr/lib/kjumpd/hibernate/vmlinuz").read_bytes() == b"kernel " * 100
+        assert (main / "usr/lib/kjumpd/hibernate/initrd.img").read_bytes() == b"initrd " * 100
+        conf = (main / "conf/conf.d/kjumpd").read_text()
+        assert "export KJUMPD_TARGET=/dev/disk/by-partlabel/kjump-test\n" in conf
+        assert f"export KJUMPD_OFFSET={1 << 20}\n" in conf
+        assert (main / "usr/sbin/kexec").exists()
+        # The boot script runs kjumpctl resume-check inside the initramfs
+        # (python, the package and its compiled dependencies are all there)
+        # with the configured target; that device does not exist here, so
+        # the check says why and the boot goes on.
+        out = run_boot_script(main, "ro quiet")
+        assert out.returncode == 0, out.stdout
+        assert "kjumpd: checking for a hibernation image" in out.stdout
+        assert "/dev/disk/by-partlabel/kjump-test" in out.stdout, out.stdout
+        assert "resume check failed" not in out.stdout, out.stdout
+        # kjump.noresume on the command line skips the check
+        out = run_boot_script(main, "ro kjump.noresume")
+        assert out.returncode == 0 and "kjumpd" not in out.stdout, out.stdout
+    finally:
+        shutil.rmtree(extracted)
 
 
-def test_purge_leaves_nothing_behind(root: Path) -> None:
+def run_boot_script(initramfs: Path, cmdline: str) -> subprocess.CompletedProcess[str]:
+    """Run scripts/local-premount/kjumpd in an unpacked initramfs under
+    chroot, as its /init would (quiet exported, conf.d sourced), with
+    ``cmdline`` as /proc/cmdline."""
+    fake = initramfs / "cmdline"
+    fake.write_text(cmdline + "\n")
+    (initramfs / "proc").mkdir(exist_ok=True)
+    run(["mount", "-t", "proc", "proc", str(initramfs / "proc")])
+    try:
+        run(["mount", "--bind", str(fake), str(initramfs / "proc/cmdline")])
+        script = "export quiet=n; for c in /conf/conf.d/*; do . $c; done; exec /scripts/local-premount/kjumpd"
+        return run(["chroot", str(initramfs), "/bin/sh", "-c", script], check=False)
+    finally:
+        run(["umount", "--lazy", "--recursive", str(initramfs / "proc")], check=False)
+
+
+def test_purge_leaves_nothing_behind(root: DebRoot) -> None:
     """Purging the package removes everything it installed or created
     (conffiles, byte-code, generated files); runs last."""
-    owned = [p for p in in_root(root, "dpkg", "-L", "kjumpd").stdout.splitlines() if p.startswith("/")]
-    in_root(root, "apt-get", "purge", "-y", "-q", "kjumpd")
-    in_root(root, "apt-get", "autoremove", "--purge", "-y", "-q")
-    left = sorted(tree(root) - root.before)  # type: ignore[attr-defined]
+    owned = [p for p in in_root(root.path, "dpkg", "-L", "kjumpd").stdout.splitlines() if p.startswith("/")]
+    # what the daemon leaves at run time: its state directory
+    state = root.path / "var/lib/kjumpd"
+    state.mkdir(exist_ok=True)
+    (state / "image").write_bytes(b"\0" * 4096)
+    in_root(root.path, "apt-get", "purge", "-y", "-q", "kjumpd")
+    in_root(root.path, "apt-get", "autoremove", "--purge", "-y", "-q")
+    left = sorted(tree(root.path) - root.before)
     assert not left, f"left behind after purge: {left}"
-    assert not [p for p in owned if (root / p.lstrip("/")).is_file()]
+    assert not [p for p in owned if (root.path / p.lstrip("/")).is_file()]
 
 
 # --------------------------------------------------------------------------

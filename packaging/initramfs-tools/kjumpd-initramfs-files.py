@@ -10,8 +10,9 @@ instruction per line:
 ``file PATH [DEST]``
     a file copied as is (to DEST in the initramfs when given);
 ``env NAME VALUE``
-    a shell assignment for /conf/conf.d/kjumpd, which the initramfs sources
-    before the boot scripts run (VALUE is already shell-quoted).
+    a variable for /conf/conf.d/kjumpd, which the initramfs' /init sources
+    before it runs the boot scripts; the hook exports it so that the boot
+    script sees it (VALUE is already shell-quoted).
 
 What is listed:
 
