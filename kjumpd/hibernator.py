@@ -259,13 +259,22 @@ class Hibernator:
 
         progress("handoff", 0.3)
         sequence = secrets.randbits(63) | 1
+        try:
+            identity = self.machine.identity()
+        except KjumpError as exc:
+            raise RefusedError(f"cannot identify this machine: {exc}") from exc
+        handoff = Handoff(identity, restart_point, Compression.parse(self.settings.compression),
+                          plan.region.start, plan.region.size, plan.low.start, plan.low.size, plan.memmap,
+                          sequence, time.time_ns(), plan.target_id)
         with self._open_target(writable=True) as target:
-            handoff = Handoff(self.machine.identity(), restart_point, Compression.parse(self.settings.compression),
-                              plan.region.start, plan.region.size, plan.low.start, plan.low.size, plan.memmap,
-                              sequence, time.time_ns(), plan.target_id)
-            # A fresh superblock first: an earlier result can never pass for this jump's.
-            image.write_superblock(target, Superblock(sequence=sequence, reason="hibernation starting"))
-            image.write_handoff(target, handoff)
+            try:
+                # A blank superblock first (sequence 0): only B writes this
+                # jump's sequence, so an earlier result, or a jump that never
+                # happened, can never pass for this jump's.
+                image.write_superblock(target, Superblock(reason="hibernation starting"))
+                image.write_handoff(target, handoff)
+            except KjumpError as exc:
+                return outcome(False, RESULT_FAILED, f"writing the handoff failed: {exc}")
             if cancelled():
                 return outcome(False, RESULT_CANCELLED, "cancelled before the jump")
             return self._jump(target, restart_point, sequence, progress, outcome, durations)
@@ -342,7 +351,8 @@ class Hibernator:
         """
         superblock = self._read(target)
         if superblock.sequence != sequence:
-            return superblock, False, "the jump did not happen (the image superblock is not this jump's)", ""
+            why = f": {superblock.reason}" if superblock.state == State.DISCARDED and superblock.reason else ""
+            return superblock, False, f"the hibernate kernel did not record this jump (did it run?){why}", ""
         if superblock.state == State.RESTORED:
             return superblock, True, "", RESULT_RESUMED
         if superblock.state != State.SAVED:

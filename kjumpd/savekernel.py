@@ -63,9 +63,11 @@ def _check_map(handoff_region: Range, args_region: Range | None, ranges: list[Ra
 def save(machine: Machine, args: kexec.HibernateKernelArgs) -> tuple[str, bool]:
     """Save A's memory as the handoff says; returns (restart point, image saved)."""
     target: ImageTarget | None = None
+    sequence: dict[str, int] = {}
     try:
         target = machine.open_target(args.target, offset=args.offset, writable=True)
         handoff, _ = image.read_handoff(target)
+        sequence["sequence"] = handoff.sequence
         region = Range(handoff.region_base, handoff.region_base + handoff.region_size)
         low = Range(handoff.low_base, handoff.low_base + handoff.low_size)
         _check_map(region, args.region, handoff.memmap.ranges(), low)
@@ -81,7 +83,7 @@ def save(machine: Machine, args: kexec.HibernateKernelArgs) -> tuple[str, bool]:
         machine.console(f"saving the image failed: {reason}; returning to the running system")
         if target is not None:
             try:
-                image.set_state(target, State.DISCARDED, reason=reason, restart_point="resume")
+                image.set_state(target, State.DISCARDED, reason=reason, restart_point="resume", **sequence)
             except KjumpError as record_error:
                 machine.console(f"could not record the failure in the image: {record_error}")
         return "resume", False
