@@ -103,7 +103,7 @@ def test_resume_saves_and_carries_on(machine: SimulatedMachine, compression: str
     assert h.problems() == []
     result = h.hibernate("resume")
     assert (result.success, result.result, result.resumed_from_disk) == (True, "saved", False)
-    assert result.image_bytes > DATA_OFFSET and result.memory_bytes > 0
+    assert 0 < result.image_bytes < result.memory_bytes, "zero pages are not stored"
     assert token(machine) == TOKEN
     sb = superblock(machine)
     assert sb.state == State.DISCARDED, "an image A carried on past must never be resumed"
