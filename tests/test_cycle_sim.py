@@ -359,3 +359,13 @@ def test_parked_b_entered_again_saves_afresh(machine: SimulatedMachine, monkeypa
     assert jumps == [0x2000FB, 0x2000FB]
     sb = superblock(machine)
     assert sb.state == State.SAVED and sb.restart_point == "suspend", "the second save used the new handoff"
+
+
+def test_b_crash_reboots_into_a_normal_boot(machine: SimulatedMachine) -> None:
+    machine.inject_fault("crash_after_bytes", 4 << 20)
+    with pytest.raises(MachineLostError, match="incomplete image"):
+        hibernator(machine).hibernate("shutdown")
+    log = events(machine)
+    assert log.index("jump:B") < log.index("crash") < len(log) - 1 - log[::-1].index("power-on")
+    assert "Kernel panic" in machine.console_output()
+    assert superblock(machine).state == State.SAVING and machine.running == "A"

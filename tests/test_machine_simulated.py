@@ -74,3 +74,18 @@ def test_resume_check_reports_missing_target(machine: SimulatedMachine) -> None:
     result = hook("--cmdline", f"kjump.machine=simulated:{machine.path} kjump.resume=/nonexistent/disk")
     assert result.returncode == 0
     assert "not resuming" in result.stdout and "not found" in result.stdout
+
+
+def test_command_line_steps(tmp_path: Path) -> None:
+    path = str(tmp_path / "cli")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "kjumpd.machine.simulated", *args], capture_output=True,
+                              text=True, check=False)
+
+    assert run("create", "--ram", "32", path).returncode == 0
+    assert run("power-on", path).returncode == 1, "a running machine cannot be powered on"
+    assert run("power-cut", path).returncode == 0
+    boot = run("power-on", path)
+    assert boot.returncode == 0 and "normal boot" in boot.stdout
+    assert '"event": "power-cut"' in run("status", path).stdout

@@ -70,6 +70,7 @@ FAULTS = {
     "kexec_load_error": "kexec load fails with this message",
     "ram_read_error_at": "reading this physical address fails (B's save fails)",
     "power_cut_after_bytes": "the power goes after B read this many bytes of RAM",
+    "crash_after_bytes": "B's kernel panics after reading this many bytes of RAM (and reboots)",
     "suspend_error": "suspend to RAM fails with this message",
     "suspend_power_loss": "the power goes while in S3 (the image must be resumed)",
     "platform_error": "S4 through /dev/snapshot fails with this message",
@@ -125,6 +126,7 @@ class _SimulatedRam(FileMemory):
         super().__init__(path, writable=writable)
         self._error_at = faults.get("ram_read_error_at")
         self._cut_after = faults.get("power_cut_after_bytes")
+        self._crash_after = faults.get("crash_after_bytes")
         self._read_bytes = 0
         self._lock = threading.Lock()
 
@@ -132,12 +134,14 @@ class _SimulatedRam(FileMemory):
         """Read, failing or cutting the power where a fault says so."""
         if self._error_at is not None and address <= self._error_at < address + length:
             raise ImageError(f"machine check reading physical memory at {self._error_at:#x}")
-        if self._cut_after is not None:
-            with self._lock:
-                self._read_bytes += length
-                cut = self._read_bytes > self._cut_after
-            if cut:
-                os.kill(os.getpid(), signal.SIGKILL)
+        with self._lock:
+            self._read_bytes += length
+            done = self._read_bytes
+        if self._cut_after is not None and done > self._cut_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self._crash_after is not None and done > self._crash_after:
+            print("Kernel panic - not syncing: simulated fault in the hibernate kernel", flush=True)
+            os._exit(134)
         return super().read(address, length)
 
 
@@ -634,3 +638,45 @@ class SimulatedMachine(Machine):
         for mount in reversed(list(mounts)):
             self.record("thaw", mount=mount)
         return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kjumpd.machine.simulated COMMAND DIR``: drive a simulated machine by hand."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m kjumpd.machine.simulated",
+                                     description="Create and drive a simulated machine (docs/machine.md).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create", help="make a new, running machine")
+    create.add_argument("--ram", type=int, default=64, help="RAM in MiB (default 64)")
+    create.add_argument("--cpus", type=int, default=2)
+    for name, text in (("power-on", "cold boot: the resume hook runs"), ("power-cut", "pull the plug"),
+                       ("status", "what runs, and the events so far")):
+        sub.add_parser(name, help=text)
+    for action in sub.choices.values():
+        action.add_argument("path", help="the machine's directory")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "create":
+            machine = SimulatedMachine.create(args.path, ram_size=args.ram << 20, cpus=args.cpus)
+            print(f"created {machine.path}: image target {machine.target_path}")
+            return 0
+        machine = SimulatedMachine(args.path)
+        if args.command == "power-on":
+            boot = machine.power_on()
+            print(boot.output, end="")
+            print("resumed the hibernated system" if boot.resumed else "normal boot")
+        elif args.command == "power-cut":
+            machine.power_cut()
+        else:
+            print(f"running: {machine.running}")
+            for event in machine.events():
+                print(json.dumps(event, sort_keys=True))
+    except MachineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
