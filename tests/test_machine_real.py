@@ -188,3 +188,23 @@ def test_suspend_to_ram_refused_without_mem(root: Path) -> None:
     (root / "sys/power/state").write_text("freeze disk\n")
     with pytest.raises(MachineError, match="cannot suspend to RAM"):
         machine(root, Recorder()).suspend_to_ram()
+
+
+def test_hibernator_stages_b_with_the_exact_command(root: Path, tmp_path: Path) -> None:
+    from kjumpd.hibernator import HibernateSettings, Hibernator
+
+    kernel = tmp_path / "vmlinuz-kjump"
+    initrd = tmp_path / "initrd-kjump.img"
+    kernel.write_bytes(b"k")
+    initrd.write_bytes(b"i")
+    rec = Recorder()
+    settings = HibernateSettings(image_target="/dev/disk/by-partuuid/0d2f-03", image_offset=1 << 20,
+                                 kernel=str(kernel), initrd=str(initrd), kernel_arguments="console=ttyS0,115200")
+    Hibernator(machine(root, rec), settings).stage()
+    assert rec.calls == [("run", [
+        "kexec", "-c", "-l", "--load-preserve-context", "-i", "--mem-min=0x2ff00000", "--mem-max=0x3fefffff",
+        str(kernel), f"--initrd={initrd}",
+        "--append=memmap=exactmap memmap=256K@64K memmap=262128K@785408K memmap=784384K#1024K "
+        "memmap=896K#1047552K nokaslr maxcpus=1 iomem=relaxed noresume panic=10 kjump.role=save "
+        "kjump.target=/dev/disk/by-partuuid/0d2f-03 kjump.offset=1048576 kjump.region=0x2ff00000-0x3fefffff "
+        "console=ttyS0,115200"])]
