@@ -9,14 +9,13 @@ discarded with the reason and the machine reboots into a normal boot.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from . import image, kexec
-from .errors import KjumpError, MachineError
+from .errors import KjumpError
 from .format import State
-from .machine import Machine, machine_from_command_line
-from .savekernel import ConsoleProgress, read_command_line
+from .machine import Machine
+from .savekernel import ConsoleProgress, start_program
 
 
 def restore(machine: Machine, args: kexec.HibernateKernelArgs) -> int:
@@ -40,18 +39,10 @@ def restore(machine: Machine, args: kexec.HibernateKernelArgs) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns only when the resume failed (after rebooting on the real machine)."""
-    parser = argparse.ArgumentParser(prog="kjumpd.restorekernel", description="Restore A's memory (runs in R).")
-    parser.add_argument("--cmdline", help="kernel command line to use instead of /proc/cmdline")
-    options = parser.parse_args(argv)
-    try:
-        params = read_command_line(options.cmdline)
-        args = kexec.hibernate_kernel_args(params)
-        if args.role != kexec.ROLE_RESTORE:
-            raise MachineError(f"this is the restore program but kjump.role={args.role}")
-        machine = machine_from_command_line(params, kernel="R")
-    except (KjumpError, OSError) as exc:
-        print(f"kjump: cannot start the restore: {exc}", file=sys.stderr, flush=True)
+    started = start_program(kexec.ROLE_RESTORE, "R", "Restore A's memory (runs in R).", argv)
+    if started is None:
         return 1
+    machine, args = started
     try:
         entry = restore(machine, args)
         machine.console(f"memory restored; jumping to the hibernated system at {entry:#x}")

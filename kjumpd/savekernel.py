@@ -38,7 +38,8 @@ class ConsoleProgress:
         percent = 100 * done // total if total else 100
         if phase != self.phase or percent // self.step != self.shown // self.step:
             self.phase, self.shown = phase, percent
-            self.machine.console(f"{phase}: {percent}% of {total >> 20} MiB")
+            label = {"save": "saving", "verify": "verifying", "restore": "restoring"}.get(phase, phase)
+            self.machine.console(f"{label}: {percent}% of {total >> 20} MiB")
 
 
 def read_command_line(text: str | None) -> dict[str, str]:
@@ -114,22 +115,35 @@ def leave(machine: Machine, restart_point: str, saved: bool, entry: int) -> None
             machine.reboot()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; on the real machine it only returns if everything failed."""
-    parser = argparse.ArgumentParser(prog="kjumpd.savekernel", description="Save A's memory (runs in B).")
+def start_program(role: str, kernel: str, description: str,
+                  argv: list[str] | None) -> tuple[Machine, kexec.HibernateKernelArgs] | None:
+    """Parse the program's options and kernel command line for B's or R's program.
+
+    Returns the machine and the ``kjump.*`` arguments, or None after saying
+    on stderr why the program cannot start.
+    """
+    parser = argparse.ArgumentParser(prog=f"kjumpd.{role}kernel", description=description)
     parser.add_argument("--cmdline", help="kernel command line to use instead of /proc/cmdline")
     options = parser.parse_args(argv)
     try:
         params = read_command_line(options.cmdline)
         args = kexec.hibernate_kernel_args(params)
-        if args.role != kexec.ROLE_SAVE:
-            raise MachineError(f"this is the save program but kjump.role={args.role}")
-        if args.jump_back_entry is None:
+        if args.role != role:
+            raise MachineError(f"this is the {role} program but kjump.role={args.role}")
+        if role == kexec.ROLE_SAVE and args.jump_back_entry is None:
             raise MachineError("no kexec_jump_back_entry= on the command line: not started by a kexec jump")
-        machine = machine_from_command_line(params, kernel="B")
+        return machine_from_command_line(params, kernel=kernel), args
     except (KjumpError, OSError) as exc:
-        print(f"kjump: cannot start the save: {exc}", file=sys.stderr, flush=True)
+        print(f"kjump: cannot start the {role}: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; on the real machine it only returns if everything failed."""
+    started = start_program(kexec.ROLE_SAVE, "B", "Save A's memory (runs in B).", argv)
+    if started is None:
         return 1
+    machine, args = started
     while True:
         restart_point, saved = save(machine, args)
         leave(machine, restart_point, saved, args.jump_back_entry)
