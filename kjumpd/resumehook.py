@@ -67,6 +67,10 @@ def check(machine: Machine, name: str, offset: int) -> tuple[int, Range, str]:
         reason = superblock.identity.mismatch(machine.identity())
         if reason:
             raise KjumpError(reason)
+        found_on = machine.stable_target_id(name)
+        if superblock.target_id and superblock.target_id != found_on:
+            raise KjumpError(f"the image was written to {superblock.target_id} but found on {found_on}: "
+                             "it belongs to another disk")
         image.verify(target)      # ImageError: incomplete, consumed, discarded or corrupt
     region = Range(superblock.region_base, superblock.region_base + superblock.region_size)
     return offset, region, superblock.target_id or name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import os
 import subprocess
 import threading
@@ -311,6 +312,15 @@ def test_image_of_another_ram_layout_is_refused(machine: SimulatedMachine) -> No
     iomem.write_text(iomem.read_text().replace("00100000-01fdffff : System RAM",
                                                "00100000-01edffff : System RAM\n01ee0000-01fdffff : Reserved"))
     boot_refuses(machine, job, "RAM layout differs")
+
+
+def test_image_found_on_another_disk_is_refused(machine: SimulatedMachine) -> None:
+    job = power_off_with_image(machine)
+    shutil.copyfile(machine.target_path, Path(machine.path, "other-disk.img"))
+    hardware = json.loads(Path(machine.path, "machine.json").read_text())
+    hardware["boot_parameters"] = hardware["boot_parameters"].replace("disk.img", "other-disk.img")
+    Path(machine.path, "machine.json").write_text(json.dumps(hardware))
+    boot_refuses(machine, job, "written to disk.img but found on other-disk.img")
 
 
 def test_consumed_image_is_not_resumed_again(machine: SimulatedMachine) -> None:
