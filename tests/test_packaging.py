@@ -337,13 +337,31 @@ def test_systemd_analyze_verify_installed_units(root: DebRoot) -> None:
                     assert (root.path / f"usr/share/man/man{section[0]}/{page}.{section}.gz").is_file(), f"{unit}: {uri}"
 
 
+def man_commands(page: Path) -> set[str]:
+    """The kjumpctl commands kjumpctl.1 documents: the first word of each
+    .TP entry in its *COMMANDS sections."""
+    commands: set[str] = set()
+    section = ""
+    lines = page.read_text().splitlines()
+    for previous, line in zip(lines, lines[1:]):
+        if line.startswith(".SH"):
+            section = line
+        elif previous == ".TP" and section.endswith("COMMANDS"):
+            words = line.split(None, 1)[1].replace("\\-", "-").strip('"').split()
+            commands.add(words[0].strip('"'))
+    return commands
+
+
 def test_kjumpctl_runs_from_installed_package(root: DebRoot) -> None:
     """The installed kjumpctl starts with the system Python and the
-    Debian-packaged dependencies only."""
+    Debian-packaged dependencies only, and has exactly the commands its man
+    page documents."""
     out = in_root(root.path, "kjumpctl", "--help").stdout
-    assert "kjumpctl" in out
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert version in in_root(root.path, "kjumpctl", "--version").stdout
+    commands = set(re.findall(r"^    (\S+)", out, re.M))
+    assert {"status", "hibernate", "image", "resume-check"} <= commands, out
+    assert man_commands(REPO / "packaging/man/kjumpctl.1") == commands, out
 
 
 def test_initramfs_carries_resume_check(root: DebRoot) -> None:
