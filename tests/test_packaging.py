@@ -367,7 +367,13 @@ def test_kjumpctl_runs_from_installed_package(root: DebRoot) -> None:
 def test_initramfs_carries_resume_check(root: DebRoot) -> None:
     """mkinitramfs (with the package's hook) builds an initramfs with the
     boot script, the configured hibernate kernel, initrd and image target,
-    and a kjumpctl that runs inside it."""
+    and a kjumpctl that runs inside it; nothing while kjumpd is not
+    configured."""
+    # not configured yet: no resume is possible, so the hook adds nothing
+    in_root(root.path, "mkinitramfs", "-o", "/tmp/initrd.img", FAKE_KERNEL)
+    listing = in_root(root.path, "lsinitramfs", "/tmp/initrd.img").stdout.split()
+    assert "scripts/local-premount/kjumpd" in listing
+    assert not [p for p in listing if "kjumpctl" in p or "python3" in p], listing
     boot = root.path / "boot"
     (boot / "kjump-vmlinuz").write_bytes(b"kernel " * 100)
     (boot / "kjump-initrd").write_bytes(b"initrd " * 100)
@@ -392,7 +398,7 @@ def test_initramfs_carries_resume_check(root: DebRoot) -> None:
         assert "/scripts/local-premount/kjumpd" in (main / "scripts/local-premount/ORDER").read_text()
         assert (main / "usr/lib/kjumpd/hibernate/vmlinuz").read_bytes() == b"kernel " * 100
         assert (main / "usr/lib/kjumpd/hibernate/initrd.img").read_bytes() == b"initrd " * 100
-        conf = (main / "conf/conf.d/kjumpd").read_text()
+        conf = (main / "conf/conf.d/kjumpd-target").read_text()
         assert "export KJUMPD_TARGET=/dev/disk/by-partlabel/kjump-test\n" in conf
         assert f"export KJUMPD_OFFSET={1 << 20}\n" in conf
         assert (main / "usr/sbin/kexec").exists()

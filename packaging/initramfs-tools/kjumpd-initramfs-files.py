@@ -10,7 +10,7 @@ instruction per line:
 ``file PATH [DEST]``
     a file copied as is (to DEST in the initramfs when given);
 ``env NAME VALUE``
-    a variable for /conf/conf.d/kjumpd, which the initramfs' /init sources
+    a variable for /conf/conf.d/kjumpd-target, which the initramfs' /init sources
     before it runs the boot scripts; the hook exports it so that the boot
     script sees it (VALUE is already shell-quoted).
 
@@ -28,9 +28,10 @@ What is listed:
   mounted when it runs), and the image target and offset
   (``KJUMPD_TARGET``, ``KJUMPD_OFFSET``).
 
-Problems that make a resume impossible (no target or hibernate kernel
-configured, a configured file missing) are printed to stderr as warnings: an
-initramfs without them still boots, it just cannot resume.
+When no resume is possible (no hibernate kernel or initrd configured, a
+configured file missing, no kexec) nothing is listed and a warning on stderr
+says why: the initramfs then boots as if kjumpd were not installed, without
+the 12 MB of Python it would not use.
 """
 
 from __future__ import annotations
@@ -90,49 +91,58 @@ def kjumpd_modules() -> list[str]:
     return ENTRY_POINTS + groups
 
 
-def configured(config_dir: str) -> Iterator[tuple[str, ...]]:
+def configured(config_dir: str) -> list[tuple[str, ...]] | None:
     """The hibernate kernel and initrd (as ``file SRC DEST``) and the image
-    target (as ``env`` lines) from kjumpd's configuration."""
+    target (as ``env`` lines) from kjumpd's configuration; None when the
+    hibernate kernel or initrd is not usable, so that no resume is possible."""
     from kjumpd import config as kconfig
     from kjumpd import resumehook
 
     try:
         conf = kconfig.load(config_dir)
     except kconfig.ConfigError as exc:
-        warn(f"{exc}; the initramfs will not be able to resume")
-        return
-    where = ", ".join(conf.sources) or "defaults"
-    if conf.image_target:
-        yield "env", "KJUMPD_TARGET", shlex.quote(conf.image_target)
-        yield "env", "KJUMPD_OFFSET", str(conf.image_offset)
-    else:
-        warn(f"no [Image] Target= in {where}; the initramfs resumes only with kjump.resume= on the kernel command line")
+        warn(f"{exc}; nothing added to the initramfs, it cannot resume")
+        return None
+    where = ", ".join(conf.sources) or "the defaults"
+    lines: list[tuple[str, ...]] = []
     for key, path, dest in (("Kernel", conf.kernel, resumehook.DEFAULT_KERNEL),
                             ("Initrd", conf.initrd, resumehook.DEFAULT_INITRD)):
         if not path:
-            warn(f"no [HibernateKernel] {key}= in {where}; the initramfs will not be able to resume")
-        elif not Path(path).is_file():
-            warn(f"{path} ([HibernateKernel] {key}= in {where}) does not exist; the initramfs will not be able to resume")
-        else:
-            yield "file", path, dest
+            warn(f"no [HibernateKernel] {key}= in {where}; nothing added to the initramfs, it cannot resume")
+            return None
+        if not Path(path).is_file():
+            warn(f"{path} ([HibernateKernel] {key}= in {where}) does not exist; "
+                 "nothing added to the initramfs, it cannot resume")
+            return None
+        lines.append(("file", path, dest))
+    if conf.image_target:
+        lines.append(("env", "KJUMPD_TARGET", shlex.quote(conf.image_target)))
+        lines.append(("env", "KJUMPD_OFFSET", str(conf.image_offset)))
+    else:
+        warn(f"no [Image] Target= in {where}; the initramfs resumes only with kjump.resume= on the kernel command line")
+    return lines
 
 
 def main(argv: list[str]) -> int:
-    """Print the instructions; the optional argument is the configuration directory."""
+    """Print the instructions (none when no resume is possible); the
+    optional argument is the configuration directory."""
     config_dir = argv[1] if len(argv) > 1 else "/etc/kjumpd"
-    entries: dict[Path, str] = {Path(os.path.realpath(sys.executable)): "exec", Path(sys.executable): "exec"}
+    settings = configured(config_dir)
+    if settings is None:
+        return 0
     kexec = shutil.which("kexec", path="/usr/sbin:/sbin:/usr/bin:/bin")
-    if kexec:
-        entries[Path(kexec)] = "exec"
-    else:
-        warn("kexec (kexec-tools) not found; the initramfs will not be able to resume")
+    if not kexec:
+        warn("kexec (kexec-tools) not found; nothing added to the initramfs, it cannot resume")
+        return 0
+    entries: dict[Path, str] = {Path(os.path.realpath(sys.executable)): "exec", Path(sys.executable): "exec",
+                                Path(kexec): "exec", Path("/usr/bin/kjumpctl"): "file"}
     for kind, path in module_closure(STARTUP + kjumpd_modules()):
         entries.setdefault(path, kind)
     for path in package_files("kjumpd"):
         entries.setdefault(path, "exec" if path.suffix == ".so" else "file")
     for path, kind in entries.items():
         print(kind, path)
-    for line in configured(config_dir):
+    for line in settings:
         print(*line)
     return 0
 
