@@ -5,12 +5,14 @@ What is checked, against the real tools:
 * ``make deb`` builds one binary package from a clean copy of the tree, and
   lintian finds no errors in it;
 * the package installs with apt into a minimal Debian root made by
-  debootstrap: its files are in place, ``systemd-analyze verify`` accepts the
-  installed units, ``kjumpctl --help`` runs from the installed package, and
-  ``mkinitramfs`` builds an initramfs that carries the resume check, which
-  runs inside that initramfs;
+  debootstrap: its files are in place and its units enabled, ``systemd-analyze
+  verify`` accepts the installed units and the drop-ins, ``kjumpctl`` runs
+  from the installed package with the commands its man page documents, and
+  ``mkinitramfs`` builds an initramfs that carries the resume check, whose
+  boot script runs ``kjumpctl resume-check`` inside that initramfs;
 * purging the package leaves no file behind;
-* ``rpmspec -P`` parses packaging/rpm/kjumpd.spec.
+* ``rpmspec -P`` expands packaging/rpm/kjumpd.spec, and its %files list
+  matches what the shared install script installs.
 
 The debootstrap root is slow to make (a few minutes), so its tarball is cached
 outside the work tree in ``$KJUMPD_TEST_CACHE`` (default
@@ -84,8 +86,10 @@ BOOKKEEPING = re.compile(
 def clean_env() -> dict[str, str]:
     """Environment for the package tools: no LD_PRELOAD (make check runs
     under umockdev-wrapper, whose preload library does not exist inside the
-    root) and no virtualenv, so Debian's tools see the system Python."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "UMOCKDEV_DIR", "VIRTUAL_ENV", "PYTHONPATH")}
+    root), no virtualenv, so Debian's tools see the system Python, and none
+    of the outer make's settings (its jobserver is not ours)."""
+    dropped = ("LD_PRELOAD", "UMOCKDEV_DIR", "VIRTUAL_ENV", "PYTHONPATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     env["LC_ALL"] = "C.UTF-8"
     env["DEBIAN_FRONTEND"] = "noninteractive"
@@ -297,7 +301,8 @@ def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebRoo
 
 def test_installed_files_in_place(root: DebRoot) -> None:
     """Every required file exists in the root after apt installed the
-    package, and the unit drop-ins sit where systemd reads them."""
+    package, the units are enabled, and the default configuration sets
+    nothing."""
     missing = [f for f in REQUIRED_FILES if not (root.path / f.lstrip("/")).exists()]
     assert not missing
     assert (root.path / "usr/share/initramfs-tools/hooks/kjumpd").stat().st_mode & 0o111
