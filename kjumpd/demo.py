@@ -139,23 +139,7 @@ def run(workdir: str) -> int:
         say("A simulated machine: 256 MiB of RAM in a file, 2 CPUs, a disk image as the image target")
         machine = SimulatedMachine.create(machine_dir, ram_size=256 << 20, cpus=2)
         with open(os.path.join(confdir, "kjumpd.conf"), "w", encoding="ascii") as conf:
-            conf.write(textwrap.dedent(f"""\
-                [Machine]
-                Type=simulated
-                Path={machine_dir}
-
-                [Image]
-                Target={machine.target_path}
-                Compression=lz4
-
-                [HibernateKernel]
-                Kernel={machine.kernel_path}
-                Initrd={machine.initrd_path}
-                RegionSize=64M
-
-                [Sleep]
-                HibernateRestartPoint=shutdown
-                """))
+            conf.write(machine.kjumpd_config(region_size="64M"))
         print(f"  machine in {machine_dir}, configuration in {confdir}/kjumpd.conf")
 
         say("A private system bus (dbus-daemon), with dbusmock's polkitd and logind on it")

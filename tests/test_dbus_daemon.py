@@ -32,24 +32,7 @@ RAM = 64 << 20
 
 def write_config(directory: Path, machine: SimulatedMachine, restart_point: str = "resume") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "kjumpd.conf").write_text(f"""\
-# written by the test
-[Machine]
-Type=simulated
-Path={machine.path}
-
-[Image]
-Target={machine.target_path}
-Compression=lz4
-
-[HibernateKernel]
-Kernel={machine.kernel_path}
-Initrd={machine.initrd_path}
-RegionSize=16M
-
-[Sleep]
-HibernateRestartPoint={restart_point}
-""")
+    (directory / "kjumpd.conf").write_text(machine.kjumpd_config(restart_point=restart_point))
     return directory
 
 

@@ -227,6 +227,14 @@ class SimulatedMachine(Machine):
         """Placeholder initramfs to configure."""
         return self._file(INITRD_FILE)
 
+    def kjumpd_config(self, *, region_size: str = "16M", restart_point: str = "shutdown") -> str:
+        """The text of a kjumpd.conf that drives this machine (tests and the demo)."""
+        return (f"[Machine]\nType=simulated\nPath={self.path}\n\n"
+                f"[Image]\nTarget={self.target_path}\nCompression=lz4\n\n"
+                f"[HibernateKernel]\nKernel={self.kernel_path}\nInitrd={self.initrd_path}\n"
+                f"RegionSize={region_size}\n\n"
+                f"[Sleep]\nHibernateRestartPoint={restart_point}\n")
+
     def _state(self) -> dict[str, Any]:
         with open(self._file(STATE_FILE), encoding="utf-8") as handle:
             return json.load(handle)
