@@ -38,6 +38,7 @@ CHUNK_PAGES = 256                      # 1 MiB of memory per chunk
 WORKERS = max(2, min(4, os.cpu_count() or 2))
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _ZERO_CHUNK = bytes(CHUNK_PAGES * PAGE_SIZE)
+_ZERO_VIEW = memoryview(_ZERO_CHUNK)        # slicing a view does not copy
 _READ_WINDOW = 16 << 20
 
 Progress = Callable[[int, int, str], None]
@@ -484,7 +485,7 @@ def _scatter(dest: PhysicalMemory, memmap: MemoryMap, header: ChunkHeader, raw: 
                 run += 1
             length = (run - page) * PAGE_SIZE
             if zero:
-                dest.write(address + page * PAGE_SIZE, _ZERO_CHUNK[:length] if length <= len(_ZERO_CHUNK)
+                dest.write(address + page * PAGE_SIZE, _ZERO_VIEW[:length] if length <= len(_ZERO_CHUNK)
                            else bytes(length))
             else:
                 dest.write(address + page * PAGE_SIZE, source[taken:taken + length])
