@@ -257,3 +257,21 @@ class InProcessDaemon:
     def stop(self) -> None:
         self.schedule(self.loop.quit)
         self.thread.join(20)
+
+
+class Signals:
+    """Records signals of one D-Bus object, in arrival order, from the moment it is made.
+
+    Make it before the action that causes the signals, then ``wait`` for them;
+    the arguments of each signal are kept as a tuple (pydbus unpacks them).
+    """
+
+    def __init__(self, proxy: Any, *names: str) -> None:
+        self.received: dict[str, list[tuple]] = {name: [] for name in names}
+        for name in names:
+            getattr(proxy, name).connect(lambda *args, name=name: self.received[name].append(args))
+
+    def wait(self, name: str, count: int = 1, timeout: float = 60.0) -> list[tuple]:
+        """Wait until ``count`` ``name`` signals arrived; returns all received so far."""
+        wait_for(lambda: len(self.received[name]) >= count, f"{count} {name} signal(s)", timeout)
+        return self.received[name]
