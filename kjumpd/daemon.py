@@ -392,6 +392,22 @@ def make_tracker(config: Config, on_change: Callable[[], None]) -> TrackerPartic
     return TrackerParticipant(tracker)
 
 
+def make_manager(config: Config, schedule: Schedule) -> Manager:
+    """The daemon's Manager: the Hibernator of ``make_hibernator`` and the udev device tracker, every
+    change of which makes the manager look again (``refresh``) on the main loop.
+
+    One place for this wiring, so that tests build the daemon exactly as ``main()`` does.
+    """
+    manager_ref: list[Manager] = []
+
+    def tracker_factory(cfg: Config) -> TrackerParticipant | None:
+        return make_tracker(cfg, lambda: schedule(lambda: manager_ref[0].refresh()))
+
+    manager = Manager(config, make_hibernator, schedule, tracker_factory)
+    manager_ref.append(manager)
+    return manager
+
+
 def notify(message: str) -> None:
     """sd_notify, quiet when not started by systemd (a missing socket is not an error here)."""
     try:
@@ -440,18 +456,12 @@ def main(argv: list[str] | None = None) -> int:
             return GLib.SOURCE_REMOVE
         GLib.idle_add(once)
 
-    manager_ref: list[Manager] = []
-
-    def tracker_factory(cfg: Config) -> TrackerParticipant | None:
-        return make_tracker(cfg, lambda: schedule(lambda: manager_ref[0].refresh()))
-
     try:
-        manager = Manager(config, make_hibernator, schedule, tracker_factory)
+        manager = make_manager(config, schedule)
     except KjumpError as exc:
         log.error("cannot start: %s", exc)
         notify(f"STATUS=cannot start: {exc}")
         return 1
-    manager_ref.append(manager)
     loop = GLib.MainLoop()
     try:
         service = dbus_service.Service.start(manager, args.bus_address, on_bus_lost=loop.quit)
