@@ -204,9 +204,16 @@ class FakeHibernator:
 
 
 class InProcessDaemon:
-    """kjumpd's Manager and D-Bus Service on their own GLib main context in a thread."""
+    """kjumpd's Manager and D-Bus Service on their own GLib main context in a thread.
 
-    def __init__(self, address: str, hibernator: FakeHibernator, config: Any) -> None:
+    With a ``hibernator`` (a FakeHibernator) the manager drives it and has no
+    device tracker. With ``hibernator=None`` the daemon is built as ``kjumpd``
+    builds it (``daemon.make_manager``): the real Hibernator on the machine the
+    configuration names, and the udev device tracker watching on the daemon's
+    main context.
+    """
+
+    def __init__(self, address: str, hibernator: FakeHibernator | None, config: Any) -> None:
         from gi.repository import GLib
 
         self.hibernator = hibernator
@@ -243,7 +250,11 @@ class InProcessDaemon:
 
         self.context.push_thread_default()
         try:
-            self.manager = daemon.Manager(self.config, lambda config, participants: self.hibernator, self.schedule)
+            if self.hibernator is None:
+                self.manager = daemon.make_manager(self.config, self.schedule)
+            else:
+                self.manager = daemon.Manager(self.config, lambda config, participants: self.hibernator,
+                                              self.schedule)
             self.service = dbus_service.Service.start(self.manager, self.address)
         except BaseException as exc:  # reported to the test thread
             self.error = exc
@@ -252,6 +263,8 @@ class InProcessDaemon:
         self._ready.set()
         self.loop.run()
         self.service.stop()
+        if self.manager.tracker is not None:
+            self.manager.tracker.stop()
         self.context.pop_thread_default()
 
     def stop(self) -> None:
