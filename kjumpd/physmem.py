@@ -15,8 +15,6 @@ from abc import ABC, abstractmethod
 
 from .errors import ImageError
 
-_WINDOW = 64 << 20     # /dev/mem is mapped in windows of this size
-
 
 class PhysicalMemory(ABC):
     """Read and write physical memory by address."""
@@ -99,7 +97,12 @@ class FileMemory(PhysicalMemory):
 
 
 class DevMem(PhysicalMemory):
-    """``/dev/mem`` through ``mmap`` windows (reaches RAM above the running kernel's own)."""
+    """``/dev/mem`` through ``mmap`` (reaches RAM above the running kernel's own).
+
+    Each access maps just the pages it touches and unmaps them after, so the
+    image engine's worker threads can read and write concurrently without
+    sharing a mapping.
+    """
 
     def __init__(self, path: str = "/dev/mem", *, writable: bool = False) -> None:
         self.path = path
@@ -109,56 +112,34 @@ class DevMem(PhysicalMemory):
             self._fd = os.open(path, flags)
         except OSError as exc:
             raise ImageError(f"cannot open {path}: {exc.strerror} (needs CONFIG_DEVMEM and root)") from exc
-        self._window: tuple[int, mmap.mmap] | None = None
 
-    def _map(self, address: int, length: int) -> tuple[mmap.mmap, int]:
-        start = address - address % _WINDOW
-        if address + length > start + _WINDOW:
-            raise ValueError("access crosses a /dev/mem window")
-        if self._window is None or self._window[0] != start:
-            self._drop()
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
-            try:
-                area = mmap.mmap(self._fd, _WINDOW, mmap.MAP_SHARED, prot, offset=start)
-            except OSError as exc:
-                raise ImageError(f"cannot map physical memory at {start:#x}: {exc.strerror}") from exc
-            self._window = (start, area)
-        return self._window[1], address - start
-
-    def _pieces(self, address: int, length: int):
-        while length:
-            step = min(length, _WINDOW - address % _WINDOW)
-            yield address, step
-            address += step
-            length -= step
+    def _mapped(self, address: int, length: int) -> tuple[mmap.mmap, int]:
+        start = address - address % mmap.PAGESIZE
+        size = address + length - start
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
+        try:
+            return mmap.mmap(self._fd, size, mmap.MAP_SHARED, prot, offset=start), address - start
+        except OSError as exc:
+            raise ImageError(f"cannot map physical memory {address:#x}+{length:#x}: {exc.strerror}") from exc
 
     def read(self, address: int, length: int) -> bytes:
-        """Copy out of the mapped window(s)."""
-        parts = []
-        for addr, step in self._pieces(address, length):
-            area, off = self._map(addr, step)
-            parts.append(area[off:off + step])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        """Copy ``length`` bytes out of a fresh mapping."""
+        area, offset = self._mapped(address, length)
+        try:
+            return area[offset:offset + length]
+        finally:
+            area.close()
 
     def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy into the mapped window(s)."""
-        view = memoryview(data)
-        for addr, step in self._pieces(address, len(view)):
-            area, off = self._map(addr, step)
-            area[off:off + step] = view[:step]
-            view = view[step:]
-
-    def flush(self) -> None:
-        """Nothing to do: writes went straight to RAM."""
-
-    def _drop(self) -> None:
-        if self._window is not None:
-            self._window[1].close()
-            self._window = None
+        """Copy ``data`` into a fresh mapping."""
+        area, offset = self._mapped(address, len(data))
+        try:
+            area[offset:offset + len(data)] = data
+        finally:
+            area.close()
 
     def close(self) -> None:
-        """Unmap and close."""
-        self._drop()
+        """Close ``/dev/mem``."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
