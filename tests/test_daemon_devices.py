@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from dbus_testing import InProcessDaemon, Mock, Signals, connect, wait_for
@@ -55,33 +55,35 @@ def machine(tmp_path: Path, bed: Bed, monkeypatch: pytest.MonkeyPatch) -> Simula
 
 @pytest.fixture
 def start_kjumpd(tmp_path: Path, machine: SimulatedMachine, system_bus: str, polkitd: Mock,
-                 logind: Mock) -> Iterator[Callable[[], object]]:
-    """Start kjumpd in-process once the test has set up its devices; returns a proxy of its object."""
+                 logind: Mock) -> Iterator[Callable[[], tuple[InProcessDaemon, Any]]]:
+    """Start kjumpd in-process once the test has set up its devices; returns it and a proxy of its object."""
     started: list[InProcessDaemon] = []
 
-    def start() -> object:
+    def start() -> tuple[InProcessDaemon, Any]:
         config = configmod.load(write_config(tmp_path / "etc", machine))
         started.append(InProcessDaemon(system_bus, None, config))
         assert started[0].manager.tracker is not None, "the daemon runs without its device tracker"
         polkitd.proxy.SetAllowed(["org.kjump.hibernate", "org.kjump.manage"])
-        return connect(system_bus).get(NAME, PATH)
+        return started[0], connect(system_bus).get(NAME, PATH)
 
     yield start
     for daemon in started:
         daemon.stop()
 
 
-def idle_with_result(obj: object) -> dict:
+def idle_with_result(obj: Any) -> dict:
     """Wait until the daemon is idle again and return LastResult."""
     wait_for(lambda: obj.State == "idle", "State idle")
     return obj.LastResult
 
 
 def test_image_target_vanishes_and_comes_back(bed: Bed, machine: SimulatedMachine, start_kjumpd) -> None:
-    obj = start_kjumpd()
+    kjumpd, obj = start_kjumpd()
     assert obj.Problems == [] and obj.CanHibernate() == "yes"
 
-    bed.remove("/sys/devices/sda/sda1")
+    # On the daemon's loop, so that the tracker handles the uevent once the device is gone, as it would
+    # with udevd (umockdev sends the "remove" uevent before the device's files go away).
+    kjumpd.call(lambda: bed.remove("/sys/devices/sda/sda1"))
     missing = (f"image file {machine.target_path} is on /dev/x (8:1) at {machine.path}, "
                "which is missing: no such block device")
     wait_for(lambda: obj.Problems == [missing], "the problem to be announced")
@@ -99,7 +101,7 @@ def test_image_target_vanishes_and_comes_back(bed: Bed, machine: SimulatedMachin
 def test_removable_writable_mount_blocks_unless_forced(bed: Bed, machine: SimulatedMachine, start_kjumpd) -> None:
     usb_stick(bed)
     bed.mount((8, 33), "/media/stick")
-    obj = start_kjumpd()
+    _kjumpd, obj = start_kjumpd()
     assert obj.Problems == [STICK_PROBLEM]
     assert obj.CanHibernate() == "na"
     with pytest.raises(GLib.Error, match="org.kjump.Hibernate1.Error.NotReady: .*" + re.escape(STICK_PROBLEM)):
@@ -120,7 +122,7 @@ def test_removable_writable_mount_blocks_unless_forced(bed: Bed, machine: Simula
 def test_devices_changed_across_a_jump(bed: Bed, machine: SimulatedMachine, start_kjumpd) -> None:
     controller = bed.add("usb", "usb3", None, {"idVendor": "1d6b"}, {"DEVTYPE": "usb_device"})
     keyboard = bed.add("usb", "3-2", controller, {"idVendor": "04d9"}, {"DEVTYPE": "usb_device"})
-    obj = start_kjumpd()
+    _kjumpd, obj = start_kjumpd()
     signals = Signals(obj, "Resumed", "DevicesChanged")
 
     obj.Hibernate("shutdown")
@@ -145,7 +147,7 @@ def test_devices_changed_across_a_jump(bed: Bed, machine: SimulatedMachine, star
 def test_memory_hotplug_restages_before_the_next_hibernation(bed: Bed, machine: SimulatedMachine,
                                                              start_kjumpd) -> None:
     bed.add("memory", "memory0", None, {"state": "online"})
-    obj = start_kjumpd()
+    _kjumpd, obj = start_kjumpd()
     obj.Prepare()
     wait_for(lambda: obj.State == "idle" and obj.Staged, "the first staging")
     loads = [e["event"] for e in machine.events()].count("kexec-load")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from dbus_testing import Mock, Signals, connect, wait_for
 from test_cycle_sim import events, superblock
-from test_dbus_daemon import NAME, PATH, Daemon, kjumpctl, kjumpd_process, machine  # noqa: F401  (fixtures)
+from test_dbus_daemon import NAME, PATH, Daemon, kjumpd_process, machine  # noqa: F401  (fixtures)
 
 from kjumpd.ctl import EXIT_FAILED
 from kjumpd.format import DATA_OFFSET, State
@@ -76,6 +76,12 @@ def power_on_when_off(m: SimulatedMachine) -> None:
     assert boot.resumed, boot.output
 
 
+def announced_states(signals: Signals) -> list[str]:
+    """The values of State in the PropertiesChanged signals received so far."""
+    return [changed["State"] for _interface, changed, _invalidated in signals.received["PropertiesChanged"]
+            if "State" in changed]
+
+
 def check_result(last: dict[str, Any], restart_point: str, result: str, from_disk: bool) -> None:
     """LastResult of a successful cycle: what happened, the sizes and the durations of its steps."""
     assert (last["restart-point"], last["success"], last["result"], last["reason"]) == (restart_point, True, result, "")
@@ -94,7 +100,7 @@ def test_cycle_through_the_bus(restart_point: str, kjumpd_process: Daemon, polki
     polkitd.proxy.SetAllowed(["org.kjump.hibernate"])
     obj = connect(system_bus).get(NAME, PATH)
     assert (obj.State, obj.LastResult, obj.Problems) == ("idle", {}, [])
-    signals = Signals(obj, "Resumed")
+    signals = Signals(obj, "Resumed", "PropertiesChanged")
     start = len(events(machine))
 
     call_hibernate(str(expect["client"]), system_bus, restart_point)
@@ -103,7 +109,8 @@ def test_cycle_through_the_bus(restart_point: str, kjumpd_process: Daemon, polki
     [(point, details)] = signals.wait("Resumed")
 
     assert point == restart_point
-    wait_for(lambda: obj.State == "idle", "State idle")
+    wait_for(lambda: announced_states(signals)[-1:] == ["idle"], "State idle to be announced")
+    assert announced_states(signals) == ["hibernating", "idle"]
     last = obj.LastResult
     assert details == last, "Resumed carries the new LastResult"
     check_result(last, restart_point, str(expect["result"]), bool(expect["from_disk"]))
