@@ -288,3 +288,8 @@ class Signals:
         """Wait until ``count`` ``name`` signals arrived; returns all received so far."""
         wait_for(lambda: len(self.received[name]) >= count, f"{count} {name} signal(s)", timeout)
         return self.received[name]
+
+    def announced(self, prop: str) -> list[Any]:
+        """The values of property ``prop`` in the PropertiesChanged signals received so far, in order."""
+        return [changed[prop] for _interface, changed, _invalidated in self.received["PropertiesChanged"]
+                if prop in changed]

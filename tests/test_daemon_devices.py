@@ -80,13 +80,15 @@ def idle_with_result(obj: Any) -> dict:
 def test_image_target_vanishes_and_comes_back(bed: Bed, machine: SimulatedMachine, start_kjumpd) -> None:
     kjumpd, obj = start_kjumpd()
     assert obj.Problems == [] and obj.CanHibernate() == "yes"
+    signals = Signals(obj, "PropertiesChanged")
 
     # On the daemon's loop, so that the tracker handles the uevent once the device is gone, as it would
     # with udevd (umockdev sends the "remove" uevent before the device's files go away).
     kjumpd.call(lambda: bed.remove("/sys/devices/sda/sda1"))
     missing = (f"image file {machine.target_path} is on /dev/x (8:1) at {machine.path}, "
                "which is missing: no such block device")
-    wait_for(lambda: obj.Problems == [missing], "the problem to be announced")
+    wait_for(lambda: signals.announced("Problems")[-1:] == [[missing]], "the problem to be announced")
+    assert obj.Problems == [missing]
     assert obj.CanHibernate() == "na"
     with pytest.raises(GLib.Error, match="org.kjump.Hibernate1.Error.NotReady: .*" + re.escape(missing)):
         obj.Hibernate("resume")
@@ -94,7 +96,8 @@ def test_image_target_vanishes_and_comes_back(bed: Bed, machine: SimulatedMachin
 
     bed.block("sda1", (8, 1), "/sys/devices/sda", partition=True, ID_FS_UUID="aaaa-1111",
               ID_PART_ENTRY_UUID="0d0e0f-01")
-    wait_for(lambda: obj.Problems == [], "the problem to go away by itself")
+    wait_for(lambda: signals.announced("Problems")[-1:] == [[]], "the problem to go away by itself")
+    assert obj.Problems == []
     assert obj.CanHibernate() == "yes"
 
 
@@ -150,15 +153,16 @@ def test_memory_hotplug_restages_before_the_next_hibernation(bed: Bed, machine: 
     _kjumpd, obj = start_kjumpd()
     obj.Prepare()
     wait_for(lambda: obj.State == "idle" and obj.Staged, "the first staging")
-    loads = [e["event"] for e in machine.events()].count("kexec-load")
+    loads = events(machine).count("kexec-load")
+    signals = Signals(obj, "PropertiesChanged", "Resumed")
 
     bed.add("memory", "memory1", None, {"state": "online"})
-    wait_for(lambda: [e["event"] for e in machine.events()].count("kexec-load") == loads + 1,
-             "kjumpd to stage B again")
-    wait_for(lambda: obj.State == "idle" and obj.Staged, "the staging to end")
+    wait_for(lambda: signals.announced("State")[-1:] == ["idle"], "kjumpd to stage B again")
+    assert signals.announced("State") == ["preparing", "idle"]
+    assert events(machine).count("kexec-load") == loads + 1
+    assert obj.Staged is True and obj.Problems == []
     start = len(events(machine))
 
-    signals = Signals(obj, "Resumed")
     obj.Hibernate("resume")
     [(_point, details)] = signals.wait("Resumed")
     assert details["success"] is True, details

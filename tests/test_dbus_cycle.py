@@ -76,12 +76,6 @@ def power_on_when_off(m: SimulatedMachine) -> None:
     assert boot.resumed, boot.output
 
 
-def announced_states(signals: Signals) -> list[str]:
-    """The values of State in the PropertiesChanged signals received so far."""
-    return [changed["State"] for _interface, changed, _invalidated in signals.received["PropertiesChanged"]
-            if "State" in changed]
-
-
 def check_result(last: dict[str, Any], restart_point: str, result: str, from_disk: bool) -> None:
     """LastResult of a successful cycle: what happened, the sizes and the durations of its steps."""
     assert (last["restart-point"], last["success"], last["result"], last["reason"]) == (restart_point, True, result, "")
@@ -109,8 +103,8 @@ def test_cycle_through_the_bus(restart_point: str, kjumpd_process: Daemon, polki
     [(point, details)] = signals.wait("Resumed")
 
     assert point == restart_point
-    wait_for(lambda: announced_states(signals)[-1:] == ["idle"], "State idle to be announced")
-    assert announced_states(signals) == ["hibernating", "idle"]
+    wait_for(lambda: signals.announced("State")[-1:] == ["idle"], "State idle to be announced")
+    assert signals.announced("State") == ["hibernating", "idle"]
     last = obj.LastResult
     assert details == last, "Resumed carries the new LastResult"
     check_result(last, restart_point, str(expect["result"]), bool(expect["from_disk"]))
