@@ -61,17 +61,24 @@ class Daemon:
 
 
 def read_line_with(stream, text: str, timeout: float = 60) -> str:
-    """Read lines from a process's pipe until one contains ``text``."""
+    """Read lines from a process's pipe until one contains ``text``.
+
+    Reads the descriptor itself: select() on a buffered stream misses lines
+    that already sit in Python's buffer.
+    """
     deadline = time.monotonic() + timeout
+    fd, pending = stream.fileno(), ""
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             break
-        line = stream.readline()
-        if not line:
+        chunk = os.read(fd, 65536).decode(errors="replace")
+        if not chunk:
             break
-        if text in line:
-            return line
+        *lines, pending = (pending + chunk).split("\n")
+        for line in lines:
+            if text in line:
+                return line
     raise AssertionError(f"no line with {text!r} from the daemon")
 
 
