@@ -46,7 +46,11 @@ clean:
 
 # The real path: a kernel with CONFIG_KEXEC_JUMP (built once, cached outside
 # the work tree) booted in QEMU/TCG through the whole cycle. See tests/vm/.
-vm-test: $(VENV)/.test-stamp
+$(VENV)/.vm-stamp: $(VENV)/.test-stamp packaging/deps/vm.txt
+	$(APT_GET) install -y --no-install-recommends $(call pkglist,packaging/deps/vm.txt)
+	touch $@
+
+vm-test: $(VENV)/.vm-stamp
 	@set +e; $(PY) -m pytest -p no:cacheprovider -m vm -v tests/vm; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "vm-test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
