@@ -77,6 +77,16 @@ class HibernateResult:
         }
 
 
+# Restart points after which A runs again before the machine sleeps (it enters
+# S3 or S4 itself): its filesystems are frozen (FIFREEZE) across the jump so
+# nothing written in that window makes the disks newer than the image. For
+# the others a sync is enough: inside the jump the kernel freezes every task
+# and suspends the disks, as swsusp does, and A runs again only after the
+# image was discarded (resume) or restored (shutdown, reboot). Freezing them
+# anyway breaks the jump: a task writing to a frozen filesystem waits in an
+# uninterruptible state that the task freezer cannot stop (seen in QEMU).
+FREEZE_FILESYSTEMS_FOR = ("suspend", "platform")
+
 # Values of HibernateResult.result.
 RESULT_SAVED = "saved"                  # restart point resume: image written, then discarded
 RESULT_WOKE = "woke-from-suspend"       # suspend: back from S3, image discarded
@@ -284,7 +294,11 @@ class Hibernator:
         """Freeze, jump, dispatch the restart point, thaw; the part nothing may interrupt."""
         progress("freezing", 0.5)
         try:
-            frozen = self.machine.freeze_filesystems()
+            if restart_point in FREEZE_FILESYSTEMS_FOR:
+                frozen = self.machine.freeze_filesystems()
+            else:
+                self.machine.sync_filesystems()
+                frozen = []
         except MachineError as exc:
             return outcome(False, RESULT_FAILED, str(exc))
         details: dict[str, object] = {}
@@ -303,15 +317,16 @@ class Hibernator:
         if not failure:
             progress("jump", 0.6)
             jumped = time.monotonic()
+            said = ""
             try:
-                self.machine.kexec_execute()
+                said = self.machine.kexec_execute()
             except MachineLostError:
                 raise
             except MachineError as exc:
                 failure = str(exc)
             durations["away"] = time.monotonic() - jumped
             if not failure:
-                superblock, resumed, failure, result = self._after_jump(target, sequence)
+                superblock, resumed, failure, result = self._after_jump(target, sequence, said)
         thaw_problems = self.machine.thaw_filesystems(frozen)
         if thaw_problems:
             details["thaw-problems"] = thaw_problems
@@ -344,14 +359,19 @@ class Hibernator:
         except FormatError as exc:
             return Superblock(reason=f"the superblock is unreadable after the jump: {exc}")
 
-    def _after_jump(self, target: ImageTarget, sequence: int) -> tuple[Superblock, bool, str, str]:
+    def _after_jump(self, target: ImageTarget, sequence: int, said: str) -> tuple[Superblock, bool, str, str]:
         """Read what happened and carry out the restart point.
 
         Returns (superblock, resumed from disk, failure reason or "", result).
         """
         superblock = self._read(target)
         if superblock.sequence != sequence:
-            why = f": {superblock.reason}" if superblock.state == State.DISCARDED and superblock.reason else ""
+            if superblock.state == State.DISCARDED and superblock.reason:
+                why = f": {superblock.reason}"
+            elif said:
+                why = f"; kexec -e said: {said} (the kernel may have failed to freeze a task: see its log)"
+            else:
+                why = ""
             return superblock, False, f"the hibernate kernel did not record this jump (did it run?){why}", ""
         if superblock.state == State.RESTORED:
             return superblock, True, "", RESULT_RESUMED

@@ -126,8 +126,8 @@ class Machine(ABC):
         """True when a kexec image is loaded."""
 
     @abstractmethod
-    def kexec_execute(self) -> None:
-        """Jump into the loaded image.
+    def kexec_execute(self) -> str:
+        """Jump into the loaded image; returns what kexec said, for diagnostics only.
 
         For a preserve-context image (A → B) this blocks until control comes
         back to A, as ``kexec -e`` does: B jumped back, or a later boot resumed
@@ -180,6 +180,10 @@ class Machine(ABC):
         return ImageTarget.open(self.resolve_target(name), offset=offset, writable=writable)
 
     # --- filesystems ------------------------------------------------------
+
+    @abstractmethod
+    def sync_filesystems(self) -> None:
+        """Write every dirty buffer of every filesystem to its disk (``sync``)."""
 
     @abstractmethod
     def freeze_filesystems(self) -> list[str]:

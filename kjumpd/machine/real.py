@@ -251,10 +251,12 @@ class RealMachine(Machine):
         """``/sys/kernel/kexec_loaded``."""
         return self._read("/sys/kernel/kexec_loaded").strip() == "1"
 
-    def kexec_execute(self) -> None:
-        """``kexec -e -x``; its exit status is logged, never trusted."""
+    def kexec_execute(self) -> str:
+        """``kexec -e -x``; its exit status is logged, never trusted; returns its message."""
         result = kexec.execute(self._runner)
-        log.info("kexec -e returned %d: %s", result.returncode, (result.stderr or "").strip())
+        said = (result.stderr or "").strip()
+        log.info("kexec -e returned %d: %s", result.returncode, said)
+        return said
 
     def jump_back(self, entry: int) -> None:
         """``kexec_load`` + ``reboot(LINUX_REBOOT_CMD_KEXEC)`` through ctypes."""
@@ -365,6 +367,10 @@ class RealMachine(Machine):
         return path
 
     # --- filesystems ------------------------------------------------------
+
+    def sync_filesystems(self) -> None:
+        """``sync(2)``."""
+        os.sync()
 
     def freeze_filesystems(self) -> list[str]:
         """FIFREEZE the local writable filesystems of ``/proc/self/mountinfo``."""

@@ -377,7 +377,7 @@ class SimulatedMachine(Machine):
         return LoadSpec(entry["kernel"], entry["initrd"], entry["command_line"],
                         Range(*entry["region"]), entry["preserve_context"])
 
-    def kexec_execute(self) -> None:
+    def kexec_execute(self) -> str:
         """Jump: A → B runs the save program and waits; C → R replaces this process by R."""
         state = self._state()
         if state["kexec"] is None:
@@ -389,8 +389,9 @@ class SimulatedMachine(Machine):
             self.record("crash", why="the staged hibernate kernel was overwritten by a resume from disk")
             self._update(running="off")
             self._wait_for_resume(lambda: self.power_on())
-            return
+            return ""
         self._jump_to_b(spec)
+        return ""
 
     def _exec_restore(self, spec: LoadSpec) -> None:
         self.record("jump", to="R")
@@ -627,6 +628,10 @@ class SimulatedMachine(Machine):
         resolved = os.path.abspath(self.resolve_target(path))
         relative = os.path.relpath(resolved, self.path)
         return resolved if relative.startswith("..") else relative
+
+    def sync_filesystems(self) -> None:
+        """Record a sync."""
+        self.record("sync")
 
     def freeze_filesystems(self) -> list[str]:
         """Record freezing each configured filesystem (deepest first)."""
