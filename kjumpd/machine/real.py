@@ -372,16 +372,20 @@ class RealMachine(Machine):
         """``sync(2)``."""
         os.sync()
 
+    def _fs_ioctl(self, mount_point: str, request: int) -> None:
+        """FIFREEZE or FITHAW one filesystem through a descriptor of its mount point."""
+        fd = os.open(self._path(mount_point), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._ioctl(fd, request, 0)
+        finally:
+            os.close(fd)
+
     def freeze_filesystems(self) -> list[str]:
         """FIFREEZE the local writable filesystems of ``/proc/self/mountinfo``."""
         frozen: list[str] = []
         for mount_point in freeze_candidates(parse_mountinfo(self._read("/proc/self/mountinfo"))):
             try:
-                fd = os.open(self._path(mount_point), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    self._ioctl(fd, FIFREEZE, 0)
-                finally:
-                    os.close(fd)
+                self._fs_ioctl(mount_point, FIFREEZE)
             except OSError as exc:
                 if exc.errno == errno.EOPNOTSUPP:
                     log.warning("%s cannot be frozen (%s); it stays writable across the jump",
@@ -398,11 +402,7 @@ class RealMachine(Machine):
         problems = []
         for mount_point in reversed(list(mounts)):
             try:
-                fd = os.open(self._path(mount_point), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    self._ioctl(fd, FITHAW, 0)
-                finally:
-                    os.close(fd)
+                self._fs_ioctl(mount_point, FITHAW)
             except OSError as exc:
                 problems.append(f"cannot thaw {mount_point}: {exc.strerror}")
         for problem in problems:
