@@ -150,6 +150,7 @@ class RealMachine(Machine):
         self._jump_syscall = jump_syscall
         self._reboot_call = reboot_call
         self._ioctl = ioctl
+        self._warned_unstable: set[str] = set()
 
     def _path(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
@@ -363,7 +364,9 @@ class RealMachine(Machine):
                         return f"/dev/disk/{kind}/{link}"
                 except OSError:
                     continue
-        log.warning("no stable name for %s in /dev/disk; the hibernate kernel gets the plain name", path)
+        if path not in self._warned_unstable:      # asked on every status read: say it once
+            self._warned_unstable.add(path)
+            log.warning("no stable name for %s in /dev/disk; the hibernate kernel gets the plain name", path)
         return path
 
     # --- filesystems ------------------------------------------------------
