@@ -172,7 +172,7 @@ class Hibernator:
 
     def problems(self, *, force: bool = False) -> list[str]:
         """Why hibernation is not possible now; [] when it is."""
-        problems: list[str] = []
+        problems: list[str] = list(self.machine.kernel_problems())
         try:
             with self._open_target(writable=True) as target:
                 capacity = target.capacity

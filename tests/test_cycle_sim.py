@@ -193,6 +193,18 @@ def test_second_hibernation_after_resume_from_disk(machine: SimulatedMachine) ->
 # --- faults ------------------------------------------------------------------------------
 
 
+def test_missing_kernel_feature_refuses_before_touching_anything(machine: SimulatedMachine,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "kernel_problems", lambda: ["this kernel was built without CONFIG_KEXEC_JUMP"])
+    h = hibernator(machine)
+    assert h.problems() == ["this kernel was built without CONFIG_KEXEC_JUMP"]
+    before = Path(machine.target_path).read_bytes()[:8192]
+    with pytest.raises(RefusedError, match="CONFIG_KEXEC_JUMP"):
+        h.hibernate("shutdown")
+    assert Path(machine.target_path).read_bytes()[:8192] == before
+    assert events(machine)[-1] == "power-on", "nothing happened after the machine was created"
+
+
 def test_kexec_load_failure_refuses_before_touching_anything(machine: SimulatedMachine) -> None:
     machine.inject_fault("kexec_load_error", "Operation not permitted")
     h = hibernator(machine)

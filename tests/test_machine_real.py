@@ -208,3 +208,21 @@ def test_hibernator_stages_b_with_the_exact_command(root: Path, tmp_path: Path) 
         "memmap=896K#1047552K nokaslr maxcpus=1 iomem=relaxed noresume panic=10 kjump.role=save "
         "kjump.target=/dev/disk/by-partuuid/0d2f-03 kjump.offset=1048576 kjump.region=0x2ff00000-0x3fefffff "
         "console=ttyS0,115200"])]
+
+
+def test_kernel_features_are_checked(root: Path) -> None:
+    rec = Recorder()
+    (root / "boot").mkdir()
+    config = root / "boot/config-6.12.117-kjump"
+    config.write_text("CONFIG_KEXEC=y\nCONFIG_KEXEC_JUMP=y\nCONFIG_HIBERNATION=y\n")
+    assert machine(root, rec).kernel_problems() == []
+    config.write_text("CONFIG_KEXEC=y\n# CONFIG_KEXEC_JUMP is not set\n")
+    (root / "proc/sys/kernel/kexec_load_disabled").write_text("1\n")
+    (root / "sys/kernel/security").mkdir(parents=True)
+    (root / "sys/kernel/security/lockdown").write_text("none [integrity] confidentiality\n")
+    (root / "sys/kernel/kexec_loaded").unlink()
+    problems = " | ".join(machine(root, rec).kernel_problems())
+    for expected in ("without kexec (CONFIG_KEXEC)", "without CONFIG_KEXEC_JUMP", "kexec_load_disabled=1",
+                     "lockdown"):
+        assert expected in problems
+    assert rec.calls == [], "checking changes nothing"

@@ -181,6 +181,10 @@ class Machine(ABC):
 
     # --- filesystems ------------------------------------------------------
 
+    def kernel_problems(self) -> list[str]:
+        """What the running kernel lacks for a kexec-jump hibernation; [] when nothing is known to be missing."""
+        return []
+
     @abstractmethod
     def sync_filesystems(self) -> None:
         """Write every dirty buffer of every filesystem to its disk (``sync``)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import gzip
 import hashlib
 import logging
 import os
@@ -370,6 +371,41 @@ class RealMachine(Machine):
         return path
 
     # --- filesystems ------------------------------------------------------
+
+    def _kernel_config(self) -> str | None:
+        """The running kernel's configuration (``/proc/config.gz`` or ``/boot/config-RELEASE``), if any."""
+        try:
+            with gzip.open(self._path("/proc/config.gz"), "rt", encoding="utf-8") as handle:
+                return handle.read()
+        except OSError:
+            pass
+        try:
+            return self._read(f"/boot/config-{self.kernel_release()}")
+        except MachineError:
+            return None
+
+    def kernel_problems(self) -> list[str]:
+        """Missing CONFIG_KEXEC / CONFIG_KEXEC_JUMP, kexec disabled, or lockdown forbidding kexec_load."""
+        problems = []
+        if not os.path.exists(self._path("/sys/kernel/kexec_loaded")):
+            problems.append("this kernel was built without kexec (CONFIG_KEXEC)")
+        config = self._kernel_config()
+        if config is not None and "\nCONFIG_KEXEC_JUMP=y" not in "\n" + config:
+            problems.append("this kernel was built without CONFIG_KEXEC_JUMP, which a kexec-jump hibernation "
+                            "needs (Debian's kernels do not set it)")
+        try:
+            if self._read("/proc/sys/kernel/kexec_load_disabled").strip() == "1":
+                problems.append("kexec is disabled until reboot (kernel.kexec_load_disabled=1)")
+        except MachineError:
+            pass
+        try:
+            lockdown = self._read("/sys/kernel/security/lockdown")
+        except MachineError:
+            lockdown = ""
+        if "[integrity]" in lockdown or "[confidentiality]" in lockdown:
+            problems.append("kernel lockdown (e.g. Secure Boot) forbids kexec_load, which a preserve-context "
+                            "load needs")
+        return problems
 
     def sync_filesystems(self) -> None:
         """``sync(2)``."""
