@@ -28,7 +28,7 @@ import zstandard
 
 from .errors import FormatError, ImageError
 from .format import (ALIGN, CHUNK_FLAG_STORED_RAW, DATA_OFFSET, HANDOFF_OFFSET, RESULT_OK,
-                     SUPERBLOCK_SIZE, ChunkHeader, Compression, Handoff, Identity, State, Superblock, Trailer,
+                     SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, ChunkHeader, Compression, Handoff, Identity, State, Superblock, Trailer,
                      checksum, stream_checksum_update)
 from .memmap import PAGE_SIZE, MemoryMap
 from .physmem import PhysicalMemory
@@ -60,7 +60,7 @@ def _padded(data: bytes) -> bytes:
 
 def read_superblock(target: ImageTarget) -> Superblock:
     """Read the superblock; an all-zero block reads as EMPTY. FormatError if corrupt."""
-    raw = target.read(0, SUPERBLOCK_SIZE)
+    raw = target.read(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
     if len(raw) < SUPERBLOCK_SIZE:
         raise FormatError(f"image target {target.path} is too small to hold a superblock")
     return Superblock.unpack(raw)
@@ -68,7 +68,7 @@ def read_superblock(target: ImageTarget) -> Superblock:
 
 def write_superblock(target: ImageTarget, superblock: Superblock) -> None:
     """Write the superblock and make it durable."""
-    target.write(0, superblock.pack())
+    target.write(SUPERBLOCK_OFFSET, superblock.pack())
     target.sync()
 
 

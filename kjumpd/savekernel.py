@@ -19,7 +19,7 @@ import sys
 
 from . import image, kexec
 from .errors import KjumpError, MachineError
-from .format import State
+from .format import RESULT_FAILED, State
 from .machine import Machine, machine_from_command_line
 from .memmap import Range
 from .target import ImageTarget
@@ -84,7 +84,8 @@ def save(machine: Machine, args: kexec.HibernateKernelArgs) -> tuple[str, bool]:
         machine.console(f"saving the image failed: {reason}; returning to the running system")
         if target is not None:
             try:
-                image.set_state(target, State.DISCARDED, reason=reason, restart_point="resume", **sequence)
+                image.set_state(target, State.DISCARDED, reason=reason, restart_point="resume",
+                                result=RESULT_FAILED, **sequence)
             except KjumpError as record_error:
                 machine.console(f"could not record the failure in the image: {record_error}")
         return "resume", False

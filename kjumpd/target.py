@@ -25,12 +25,11 @@ class ImageTarget:
     """Positioned, aligned, durable I/O on an image target."""
 
     def __init__(self, path: str, fd: int, offset: int, capacity: int, *, direct: bool,
-                 block_device: bool, writable: bool) -> None:
+                 writable: bool) -> None:
         self.path = path
         self.offset = offset
         self.capacity = capacity
         self.direct = direct
-        self.block_device = block_device
         self.writable = writable
         self._fd = fd
 
@@ -76,7 +75,7 @@ class ImageTarget:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, offset, cap, direct=direct, block_device=block, writable=writable)
+        return cls(path, fd, offset, cap, direct=direct, writable=writable)
 
     def read(self, position: int, length: int) -> bytes:
         """Read ``length`` bytes at ``position`` (relative to the offset); short at the end."""

@@ -18,7 +18,7 @@ import pytest
 
 from kjumpd import image
 from kjumpd.errors import RefusedError
-from kjumpd.format import DATA_OFFSET, ChunkHeader, Compression, Handoff, State
+from kjumpd.format import DATA_OFFSET, RESULT_FAILED, ChunkHeader, Compression, Handoff, State
 from kjumpd.hibernator import HibernateResult, HibernateSettings, Hibernator
 from kjumpd.machine import MachineLostError
 from kjumpd.machine.simulated import SimulatedMachine
@@ -250,6 +250,7 @@ def test_failed_save_comes_back_as_resume_with_reason(machine: SimulatedMachine)
     assert "machine check" in result.reason
     assert superblock(machine).state == State.DISCARDED
     assert superblock(machine).restart_point == "resume"
+    assert superblock(machine).result == RESULT_FAILED, "docs/format.md: result 2 = failed"
     assert token(machine) == TOKEN and "sync" in events(machine)
     assert "power-off" not in events(machine)
 
