@@ -226,3 +226,51 @@ def test_kernel_features_are_checked(root: Path) -> None:
                      "lockdown"):
         assert expected in problems
     assert rec.calls == [], "checking changes nothing"
+
+
+def _block_device(root: Path, name: str, rdev: int, links: dict[str, str]) -> None:
+    """A block device node under the fake /dev with /dev/disk/KIND/NAME links to it."""
+    import stat as stat_module
+
+    os.mknod(root / "dev" / name, stat_module.S_IFBLK | 0o600, rdev)
+    for link, kind in links.items():
+        directory = root / "dev/disk" / kind
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / link).symlink_to(f"../../{name}")
+
+
+def test_stable_target_id_names_only_what_the_hibernate_kernel_can_find(root: Path) -> None:
+    """B runs without udev: of the /dev/disk links only by-uuid/by-partuuid can be
+    found again there (through blkid). A name B cannot resolve made B refuse to save
+    ("image target /dev/disk/by-path/… not found"), and a name that differs between
+    A and C (udev recreates by-path in C's initramfs) made C call the image foreign."""
+    if os.geteuid() != 0:
+        pytest.skip("mknod of a block device needs root")
+    _block_device(root, "vdb", os.makedev(254, 16), {"pci-0000:00:03.0": "by-path", "virtio-serial1": "by-id"})
+    _block_device(root, "vdc1", os.makedev(254, 33), {"pci-0000:00:04.0-part1": "by-path",
+                                                       "0d2f-03": "by-partuuid"})
+    m = machine(root, Recorder())
+    assert m.stable_target_id("/dev/vdb") == "/dev/vdb"
+    assert m.stable_target_id("/dev/vdc1") == "/dev/disk/by-partuuid/0d2f-03"
+    # what A names, C (udev or not) names the same way
+    assert m.stable_target_id("/dev/disk/by-path/pci-0000:00:03.0") == "/dev/vdb"
+
+
+def test_hidden_kernel_addresses_are_a_problem_under_kaslr(root: Path) -> None:
+    """kexec-tools finds the kernel text for a preserve-context load through
+    _stext in /proc/kallsyms; without CAP_SYSLOG it reads 0 there and falls
+    back to a fixed 512 MiB window that KASLR leaves about half of the time
+    ("Can't find kernel text map area from kcore")."""
+    (root / "boot").mkdir()
+    (root / "boot/config-6.12.117-kjump").write_text("CONFIG_KEXEC=y\nCONFIG_KEXEC_JUMP=y\nCONFIG_RANDOMIZE_BASE=y\n")
+    (root / "proc/cmdline").write_text("root=LABEL=kjroot ro console=ttyS0\n")
+    kallsyms = root / "proc/kallsyms"
+    kallsyms.write_text("0000000000000000 T startup_64\n0000000000000000 T _stext\n")
+    problems = machine(root, Recorder()).kernel_problems()
+    assert len(problems) == 1 and "/proc/kallsyms" in problems[0] and "CAP_SYSLOG" in problems[0]
+    # the addresses visible, or no KASLR: kexec-tools finds the text
+    kallsyms.write_text("ffffffffa1a00000 T startup_64\nffffffffa1a01000 T _stext\n")
+    assert machine(root, Recorder()).kernel_problems() == []
+    kallsyms.write_text("0000000000000000 T startup_64\n0000000000000000 T _stext\n")
+    (root / "proc/cmdline").write_text("root=LABEL=kjroot ro nokaslr\n")
+    assert machine(root, Recorder()).kernel_problems() == []

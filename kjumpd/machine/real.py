@@ -54,8 +54,13 @@ SNAPSHOT_POWER_OFF = _io("3", 16)
 FIFREEZE = _ioc(_IOC_READ | _IOC_WRITE, "X", 119, 4)
 FITHAW = _ioc(_IOC_READ | _IOC_WRITE, "X", 120, 4)
 
-# Where stable names for block devices live, most stable first.
-STABLE_LINK_DIRS = ("by-partuuid", "by-uuid", "by-id", "by-path")
+# Where stable names for block devices live, most stable first: only the
+# kinds the hibernate kernel, which has no udev, can find again with blkid
+# (resolve_target); by-id and by-path links exist only where udev runs.
+STABLE_LINK_DIRS = ("by-partuuid", "by-uuid")
+# Configured names that resolve_target finds without udev.
+RESOLVABLE_LINK_PREFIXES = ("/dev/disk/by-partuuid/", "/dev/disk/by-uuid/", "/dev/disk/by-partlabel/",
+                            "/dev/disk/by-label/")
 # Block-backed filesystems that cannot be frozen or belong to no one local.
 UNFREEZABLE_FSTYPES = frozenset({"fuseblk", "iso9660", "udf", "squashfs", "erofs"})
 
@@ -340,12 +345,17 @@ class RealMachine(Machine):
         raise MachineError(f"image target {name} not found")
 
     def stable_target_id(self, path: str) -> str:
-        """A ``/dev/disk/by-*`` link to the block device ``path``; the path when there is none.
+        """The name of the block device ``path`` that A records and B and C use.
 
-        Refuses regular files: B would have to mount their filesystem, which A
-        has mounted and frozen.
+        A ``/dev/disk/by-partuuid``/``by-uuid`` link, or a configured
+        ``by-partuuid``/``by-uuid``/``by-partlabel``/``by-label`` name, as it is:
+        B finds those without udev. Else the kernel's name of the device
+        (``/dev/vdb``): a ``by-id``/``by-path`` name would not exist in B, and
+        A and C must name the device the same way whether or not udev made
+        such links. Refuses regular files: B would have to mount their
+        filesystem, which A has mounted and frozen.
         """
-        if path.startswith("/dev/disk/"):
+        if path.startswith(RESOLVABLE_LINK_PREFIXES):
             return path
         real = self._path(path)
         try:
@@ -365,10 +375,12 @@ class RealMachine(Machine):
                         return f"/dev/disk/{kind}/{link}"
                 except OSError:
                     continue
+        device = "/" + os.path.relpath(os.path.realpath(real), os.path.realpath(self.root))
         if path not in self._warned_unstable:      # asked on every status read: say it once
             self._warned_unstable.add(path)
-            log.warning("no stable name for %s in /dev/disk; the hibernate kernel gets the plain name", path)
-        return path
+            log.warning("no by-partuuid or by-uuid name for %s in /dev/disk; the hibernate kernel gets %s",
+                        path, device)
+        return device
 
     # --- filesystems ------------------------------------------------------
 
@@ -405,7 +417,34 @@ class RealMachine(Machine):
         if "[integrity]" in lockdown or "[confidentiality]" in lockdown:
             problems.append("kernel lockdown (e.g. Secure Boot) forbids kexec_load, which a preserve-context "
                             "load needs")
+        if self._kernel_text_hidden(config):
+            problems.append("/proc/kallsyms hides the kernel's addresses from kjumpd (it needs CAP_SYSLOG), so "
+                            "kexec-tools cannot find the kernel text that KASLR moved and fails to stage the "
+                            "hibernate kernel (\"Can't find kernel text map area from kcore\")")
         return problems
+
+    def _kernel_text_hidden(self, config: str | None) -> bool:
+        """True when KASLR is on and ``_stext`` reads as 0 in /proc/kallsyms.
+
+        kexec-tools (crashdump-x86.c, for every preserve-context load) finds the
+        kernel text mapping through ``_stext``; when the address is hidden (no
+        CAP_SYSLOG, kernel.kptr_restrict) it falls back to the fixed window
+        0xffffffff80000000 + 512 MiB, which the randomized kernel text leaves
+        about half of the time.
+        """
+        if config is not None and "\nCONFIG_RANDOMIZE_BASE=y" not in "\n" + config:
+            return False
+        try:
+            if "nokaslr" in self._read("/proc/cmdline").split():
+                return False
+            with open(self._path("/proc/kallsyms"), encoding="ascii", errors="replace") as symbols:
+                for line in symbols:
+                    fields = line.split()
+                    if len(fields) >= 3 and fields[2] == "_stext":
+                        return int(fields[0], 16) == 0
+        except (MachineError, OSError, ValueError):
+            pass
+        return False
 
     def sync_filesystems(self) -> None:
         """``sync(2)``."""

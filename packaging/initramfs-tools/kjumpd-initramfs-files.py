@@ -23,6 +23,8 @@ What is listed:
 * the whole kjumpd package (small, and its modules import each other lazily
   in places modulefinder cannot see);
 * kexec from kexec-tools;
+* ``/etc/machine-id``: the check refuses an image whose machine id is not
+  this installation's, so it cannot decide without it;
 * from kjumpd's configuration: the hibernate kernel and initrd, copied to
   the places the resume check loads them from (the root file system is not
   mounted when it runs), and the image target and offset
@@ -135,7 +137,8 @@ def main(argv: list[str]) -> int:
         warn("kexec (kexec-tools) not found; nothing added to the initramfs, it cannot resume")
         return 0
     entries: dict[Path, str] = {Path(os.path.realpath(sys.executable)): "exec", Path(sys.executable): "exec",
-                                Path(kexec): "exec", Path("/usr/bin/kjumpctl"): "file"}
+                                Path(kexec): "exec", Path("/usr/bin/kjumpctl"): "file",
+                                Path("/etc/machine-id"): "file"}
     for kind, path in module_closure(STARTUP + kjumpd_modules()):
         entries.setdefault(path, kind)
     for path in package_files("kjumpd"):
