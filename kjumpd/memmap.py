@@ -141,10 +141,14 @@ def subtract(ranges: Sequence[Range], holes: Iterable[Range]) -> list[Range]:
 
 
 def choose_region(ram: Sequence[Range], size: int) -> Range:
-    """Place the B region at the top of RAM: the last ``size`` bytes of the highest RAM range.
+    """Place the B region at the top of RAM: the last ``size`` bytes (MiB-aligned)
+    of the highest RAM range that holds them.
 
     The region must lie in one contiguous RAM range and may not exceed half of
     all RAM (the kernel needs that much free memory to swap it out at the jump).
+    UEFI firmware leaves only a few MiB of RAM between its reserved and ACPI
+    areas at the top of low memory, so the highest range may be too small:
+    the region then goes below it.
     """
     if size <= 0 or size % (1 << 20):
         raise ValueError("the B region size must be a positive multiple of 1 MiB")
@@ -153,13 +157,11 @@ def choose_region(ram: Sequence[Range], size: int) -> Range:
         raise FormatError(
             f"B region of {size >> 20} MiB exceeds half of RAM ({total >> 20} MiB): "
             "the kernel could not swap it out at the jump")
-    top = max(ram, key=lambda r: r.end)
-    end = top.end & ~((1 << 20) - 1)
-    start = end - size
-    if start < top.start:
-        raise FormatError(
-            f"the highest RAM range {top} is too small for a {size >> 20} MiB B region")
-    return Range(start, end)
+    for candidate in sorted(ram, key=lambda r: r.end, reverse=True):
+        end = candidate.end & ~((1 << 20) - 1)
+        if end - size >= candidate.start:
+            return Range(end - size, end)
+    raise FormatError(f"no RAM range holds a contiguous {size >> 20} MiB B region")
 
 
 def page_align_inward(r: Range) -> Range | None:
