@@ -135,6 +135,7 @@ def test_security_exposure_matches_the_documentation(root: Path) -> None:
     assert "CAP_SYS_BOOT" in re.search(r"^CapabilityBoundingSet=(.*)$", text, re.M).group(1)
     # kexec-tools reads _stext from /proc/kallsyms (KASLR); see test_machine_real
     assert "CAP_SYSLOG" in re.search(r"^CapabilityBoundingSet=(.*)$", text, re.M).group(1).split()
+    assert not re.search(r"^ProtectKernelLogs=(yes|true)", text, re.M), "it drops CAP_SYSLOG again"
     assert "@reboot" in re.search(r"^SystemCallFilter=(.*)$", text, re.M).group(1)
     assert not re.search(r"^ProtectKernelTunables=(yes|true)", text, re.M)
 
