@@ -46,6 +46,8 @@ put 0755 /usr/share/initramfs-tools/hooks packaging/initramfs-tools/hooks/kjumpd
 put 0755 /usr/share/initramfs-tools/scripts/local-premount packaging/initramfs-tools/scripts/local-premount/kjumpd
 install -D -m 0644 packaging/initramfs-tools/kjumpd-initramfs-files.py "$destdir/usr/share/kjumpd/initramfs-files.py"
 install -D -m 0644 packaging/kjumpd.conf "$destdir/etc/kjumpd/kjumpd.conf"
+put 0755 /usr/sbin packaging/tools/kjumpd-build-kernel
+install -D -m 0644 packaging/kernel/kjump.config "$destdir/usr/share/kjumpd/kernel/kjump.config"
 put 0644 /usr/share/man/man1 packaging/man/*.1
 put 0644 /usr/share/man/man5 packaging/man/*.5
 put 0644 /usr/share/man/man8 packaging/man/*.8
