@@ -39,7 +39,7 @@ from kjumpd.errors import KjumpError
 from kjumpd.format import Compression, Handoff, Identity, State
 from kjumpd.memmap import MemoryMap, Range
 from kjumpd.physmem import FileMemory
-from kjumpd.target import ImageTarget
+from kjumpd.target import ImageTarget, TargetExistsError
 
 MIB = 1 << 20
 GB = 1e9
@@ -164,6 +164,7 @@ class Bench:
         self.compression = compression
         self.sample = directory / "sample.mem"
         self.image = directory / "image.kjump"
+        self.pristine = directory / "image.kjump.saved"
         self.restored = directory / "restored.mem"
         self.lz4 = directory / "sample.lz4"
         self.lz4_out = directory / "sample.lz4.out"
@@ -178,7 +179,10 @@ class Bench:
     # --- the engine ---------------------------------------------------------
 
     def _open_target(self) -> ImageTarget:
-        return ImageTarget.open(str(self.image), create_size=image.required_capacity(self.memmap))
+        try:
+            return ImageTarget.create(str(self.image), image.required_capacity(self.memmap))
+        except TargetExistsError:
+            return ImageTarget.open(str(self.image))
 
     def save(self) -> None:
         """image.save of the whole sample into the image file."""
@@ -196,11 +200,15 @@ class Bench:
             image.restore(target, dest)
 
     def rearm(self) -> None:
-        """Mark the restored image SAVED again so it can be restored once more
-        (an image is restored at most once; the benchmark restores it N+1 times)."""
+        """Put the image back as saved so it can be restored once more (an image is restored at
+        most once, and a restore zeroes its handoff and trailer; the benchmark restores it N+1
+        times): the saved image is kept aside before the first restore and copied back after."""
         with self._open_target() as target:
-            if image.read_superblock(target).state != State.SAVED:
-                image.set_state(target, State.SAVED)
+            saved = image.read_superblock(target).state == State.SAVED
+        if saved:
+            shutil.copyfile(self.image, self.pristine)
+        else:
+            shutil.copyfile(self.pristine, self.image)
 
     def image_bytes(self) -> int:
         """Bytes the image occupies on its target (header area, chunk stream, trailer)."""

@@ -3,16 +3,20 @@
 Everything is little-endian with a magic number, a format version, explicit
 lengths and an xxh3-64 checksum computed with the checksum field set to zero.
 A reader refuses a record whose magic, length or checksum is wrong, whose
-version is newer than it knows, or that sets an *incompatible* flag it does
-not know; unknown *compatible* flags are ignored. None of this depends on a
+version is not the one it knows, whose length exceeds the record's bound, or
+that sets an *incompatible* flag it does not know. None of this depends on a
 kernel version.
 
 Records:
 - memory map (``KJMM``): extents or bitmap encoding of the pages to save;
 - handoff (``KJHANDOF``): what A tells B right before each jump;
-- superblock (``KJSUPERB``): the image's state, identity and summary;
+- superblock (``KJSUPERB``): the target's signature and the image's state, identity and summary;
 - chunk header (``KJCH``): one independently checksummed piece of the stream;
-- trailer (``KJTRAILR``): the end of the stream and a checksum over it.
+- trailer (``KJTRAILR``): the end of the stream and a checksum over every chunk header.
+
+Every parser runs in time linear in its input and refuses input larger than
+the record's bound before looking at it (the resume path parses what is on
+the disk, and a disk may hold anything).
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ import xxhash
 from .errors import FormatError
 from .memmap import PAGE_SIZE, Extent, MemoryMap
 
-FORMAT_VERSION = 1
+# Version 2: the stream checksum covers every chunk header byte (zero-page
+# bitmaps included), the superblock carries the target's UUID, strings must be
+# valid UTF-8. A reader refuses every other version: an image is only ever
+# read by the kjumpd that wrote it, or refused.
+FORMAT_VERSION = 2
 
 # Layout of an image target, relative to its offset.
 SUPERBLOCK_OFFSET = 0
@@ -36,6 +44,12 @@ HANDOFF_OFFSET = 4096
 HANDOFF_MAX = (4 << 20) - HANDOFF_OFFSET
 DATA_OFFSET = 4 << 20
 ALIGN = 4096
+
+# Bounds a reader enforces before it decodes anything.
+CHUNK_HEADER_SIZE = 60
+MAX_CHUNK_PAGES = 8 * (ALIGN - CHUNK_HEADER_SIZE)   # header and zero bitmap fit one block
+MAX_MAP_EXTENTS = 1 << 16                           # runs of pages in a memory map
+MAX_PFN = 1 << 40                                   # 52-bit physical addresses
 
 RESTART_POINTS = ("resume", "suspend", "platform", "shutdown", "reboot")
 
@@ -86,8 +100,19 @@ def _cstr(value: str, size: int, what: str) -> bytes:
     return raw.ljust(size, b"\0")
 
 
-def _uncstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+def _uncstr(raw: bytes, what: str) -> str:
+    """A NUL-padded UTF-8 field; refuses bytes after the first NUL and invalid UTF-8.
+
+    Strict, so that whatever a reader accepts it can write back unchanged
+    (a lenient decode could re-encode longer than the field).
+    """
+    text, _, padding = raw.partition(b"\0")
+    if any(padding):
+        raise FormatError(f"{what} has bytes after its end")
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"{what} is not valid UTF-8") from None
 
 
 def _restart_code(name: str) -> int:
@@ -102,17 +127,43 @@ def _restart_name(code: int) -> str:
     return RESTART_POINTS[code]
 
 
+def set_bit_runs(bitmap: bytes | memoryview, count: int, what: str, limit: int) -> list[tuple[int, int]]:
+    """The runs of set bits of an LSB-first bitmap of ``count`` bits, as (first bit, length).
+
+    Linear in the bitmap's size: one conversion to a string of binary digits
+    (linear for a power-of-two base) and one C-level search per run. Refuses
+    (FormatError) a bit set at or past ``count`` (padding must be clear) and
+    more than ``limit`` runs, before building them all.
+    """
+    value = int.from_bytes(bitmap, "little")
+    if value.bit_length() > count:
+        raise FormatError(f"{what} has bits set past its end")
+    digits = format(value, "b")[::-1]        # digits[i] is bit i
+    runs: list[tuple[int, int]] = []
+    start = digits.find("1")
+    while start >= 0:
+        if len(runs) == limit:
+            raise FormatError(f"{what} has more than {limit} runs of pages")
+        end = digits.find("0", start)
+        if end < 0:
+            end = len(digits)
+        runs.append((start, end - start))
+        start = digits.find("1", end)
+    return runs
+
+
 class _Record:
     """Shared framing: magic, version, incompatible flags, length, checksum.
 
     Subclasses declare ``MAGIC``, ``STRUCT`` (whose first fields are magic,
-    version, flags, length and whose last is the checksum) and
-    ``KNOWN_FLAGS``.
+    version, flags, length and whose last is the checksum), ``KNOWN_FLAGS``
+    and ``MAX_LENGTH`` (the fixed part's size for fixed-size records).
     """
 
     MAGIC: ClassVar[bytes]
     STRUCT: ClassVar[struct.Struct]
     KNOWN_FLAGS: ClassVar[int] = 0
+    MAX_LENGTH: ClassVar[int]
     NAME: ClassVar[str]
 
     @classmethod
@@ -122,28 +173,39 @@ class _Record:
 
     @classmethod
     def _open(cls, data: bytes | memoryview) -> tuple[tuple, bytes]:
-        """Check framing and checksum; return the fields and the tail after the fixed part."""
-        data = bytes(data)
+        """Check framing, bounds and checksum; return the fields and the tail after the fixed part."""
         if len(data) < cls.STRUCT.size:
             raise FormatError(f"{cls.NAME} truncated: {len(data)} of {cls.STRUCT.size} bytes")
         fields = cls.STRUCT.unpack_from(data)
         magic, version, flags, length = fields[:4]
         if magic != cls.MAGIC:
-            raise FormatError(f"not a kjumpd {cls.NAME} (magic {magic!r}, expected {cls.MAGIC!r})")
-        if version > FORMAT_VERSION or version == 0:
-            raise FormatError(
-                f"{cls.NAME} format version {version} is not supported (this kjumpd reads version "
-                f"{FORMAT_VERSION}); upgrade kjumpd or discard the image")
+            raise FormatError(f"not a kjumpd {cls.NAME} (magic {bytes(magic)!r}, expected {cls.MAGIC!r})")
+        check_version(cls.NAME, version)
         if flags & ~cls.KNOWN_FLAGS:
             raise FormatError(f"{cls.NAME} uses unknown incompatible flags {flags & ~cls.KNOWN_FLAGS:#x}")
-        if length < cls.STRUCT.size or length > len(data):
-            raise FormatError(f"{cls.NAME} length {length} is impossible (have {len(data)} bytes)")
+        if not cls.STRUCT.size <= length <= cls.MAX_LENGTH:
+            raise FormatError(f"{cls.NAME} length {length} is out of bounds "
+                              f"({cls.STRUCT.size} to {cls.MAX_LENGTH} bytes)")
+        if length > len(data):
+            raise FormatError(f"{cls.NAME} truncated: {len(data)} of {length} bytes")
         record = bytearray(data[:length])
         stored = struct.unpack_from("<Q", record, cls.STRUCT.size - 8)[0]
         record[cls.STRUCT.size - 8: cls.STRUCT.size] = bytes(8)
         if checksum(record) != stored:
             raise FormatError(f"{cls.NAME} checksum mismatch: the record is corrupt")
-        return fields, bytes(data[cls.STRUCT.size:length])
+        return fields, bytes(record[cls.STRUCT.size:])
+
+
+def check_version(name: str, version: int) -> None:
+    """FormatError unless ``version`` is the one this kjumpd reads, naming both and what to do."""
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"{name} format version {version} is not supported (this kjumpd reads version "
+            f"{FORMAT_VERSION}): it was written by a newer kjumpd; upgrade kjumpd or discard the image")
+    if version < FORMAT_VERSION:
+        raise FormatError(
+            f"{name} format version {version} is not supported (this kjumpd reads version "
+            f"{FORMAT_VERSION}): it was written by an older kjumpd; discard the image")
 
 
 # --- memory map -------------------------------------------------------------
@@ -159,11 +221,20 @@ class MemoryMapRecord(_Record):
     NAME = "memory map"
     # magic, version, flags, length, encoding, page size, count, base pfn, total pages, checksum
     STRUCT = struct.Struct("<4sHHIHxxIQQQQ")
+    MAX_LENGTH = HANDOFF_MAX - 304          # what the handoff area leaves after the handoff's fixed part
 
     @classmethod
     def encode(cls, memmap: MemoryMap, encoding: int | None = None) -> bytes:
-        """Encode ``memmap``; by default as extents or bitmap, whichever is smaller."""
+        """Encode ``memmap``; by default as extents or bitmap, whichever is smaller.
+
+        FormatError when the map is beyond the format's bounds (a reader would refuse it).
+        """
         extents = memmap.extents
+        if len(extents) > MAX_MAP_EXTENTS:
+            raise FormatError(f"the memory map has {len(extents)} runs of pages, more than the "
+                              f"format's {MAX_MAP_EXTENTS}")
+        if extents and extents[-1].start + extents[-1].count > MAX_PFN:
+            raise FormatError("the memory map reaches beyond the 52-bit physical address space")
         ext_tail = b"".join(struct.pack("<QQ", e.start, e.count) for e in extents)
         base = extents[0].start if extents else 0
         span = (extents[-1].start + extents[-1].count - base) if extents else 0
@@ -173,13 +244,16 @@ class MemoryMapRecord(_Record):
         if encoding == ENC_EXTENTS:
             tail, count = ext_tail, len(extents)
         elif encoding == ENC_BITMAP:
-            bits = 0
+            bitmap = bytearray(bitmap_len)
             for e in extents:
-                bits |= ((1 << e.count) - 1) << (e.start - base)
-            tail, count = bits.to_bytes(bitmap_len, "little"), span
+                _set_bits(bitmap, e.start - base, e.count)
+            tail, count = bytes(bitmap), span
         else:
             raise FormatError(f"unknown memory map encoding {encoding}")
         length = cls.STRUCT.size + len(tail)
+        if length > cls.MAX_LENGTH:
+            raise FormatError(f"the memory map needs {length} bytes, more than the {cls.MAX_LENGTH} "
+                              "the handoff area holds")
         return cls._seal((cls.MAGIC, FORMAT_VERSION, 0, length, encoding, PAGE_SIZE, count, base,
                           memmap.total_pages), tail)
 
@@ -191,38 +265,44 @@ class MemoryMapRecord(_Record):
         if page_size != PAGE_SIZE:
             raise FormatError(f"memory map page size {page_size} is not {PAGE_SIZE}")
         if encoding == ENC_EXTENTS:
+            if count > MAX_MAP_EXTENTS:
+                raise FormatError(f"memory map has {count} extents, more than the format's {MAX_MAP_EXTENTS}")
             if len(tail) != 16 * count:
                 raise FormatError("memory map extent list has the wrong length")
-            extents = [Extent(*struct.unpack_from("<QQ", tail, 16 * i)) for i in range(count)]
-            memmap = MemoryMap(extents)
-            if len(memmap.extents) != count:
-                raise FormatError("memory map extents overlap or are not in order")
+            pairs = list(struct.iter_unpack("<QQ", tail))
+            for (start, pages), (following, _) in zip(pairs, pairs[1:]):
+                if pages == 0 or following <= start + pages:
+                    raise FormatError("memory map extents are empty, overlap, touch or are not in order")
+            if pairs and pairs[-1][1] == 0:
+                raise FormatError("memory map extents are empty, overlap, touch or are not in order")
+            extents = [Extent(start, pages) for start, pages in pairs]
         elif encoding == ENC_BITMAP:
             if len(tail) != (count + 7) // 8:
                 raise FormatError("memory map bitmap has the wrong length")
-            memmap = MemoryMap(_bitmap_extents(tail, base, count))
+            runs = set_bit_runs(tail, count, "memory map bitmap", MAX_MAP_EXTENTS)
+            extents = [Extent(base + first, pages) for first, pages in runs]
         else:
             raise FormatError(f"unknown memory map encoding {encoding}")
+        if extents and extents[-1].start + extents[-1].count > MAX_PFN:
+            raise FormatError("memory map reaches beyond the 52-bit physical address space")
+        memmap = MemoryMap(extents)
         if memmap.total_pages != total:
             raise FormatError("memory map page count does not match its extents")
         return memmap, length
 
 
-def _bitmap_extents(bits: bytes, base: int, count: int) -> list[Extent]:
-    """Runs of set bits as extents; bits at or beyond ``count`` must be clear."""
-    value = int.from_bytes(bits, "little")
-    if value >> count:
-        raise FormatError("memory map bitmap has bits set past its end")
-    extents: list[Extent] = []
-    position = 0
-    while value:
-        skip = (value & -value).bit_length() - 1          # clear bits before the run
-        value >>= skip
-        run = (~value & (value + 1)).bit_length() - 1     # length of the run of set bits
-        extents.append(Extent(base + position + skip, run))
-        value >>= run
-        position += skip + run
-    return extents
+def _set_bits(bitmap: bytearray, first: int, count: int) -> None:
+    """Set bits ``first`` … ``first + count - 1`` of an LSB-first bitmap (whole bytes at once)."""
+    end = first + count
+    while first < end and first % 8:
+        bitmap[first >> 3] |= 1 << (first & 7)
+        first += 1
+    whole = (end - first) // 8
+    bitmap[first >> 3:(first >> 3) + whole] = b"\xff" * whole
+    first += 8 * whole
+    while first < end:
+        bitmap[first >> 3] |= 1 << (first & 7)
+        first += 1
 
 
 # --- identity ---------------------------------------------------------------
@@ -247,9 +327,9 @@ class Identity:
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Identity":
-        """Inverse of :meth:`pack`."""
+        """Inverse of :meth:`pack`; FormatError for a kernel release that is not padded UTF-8."""
         boot, machine, release, layout, fp = cls.STRUCT.unpack(raw)
-        return cls(boot, machine, _uncstr(release), layout, fp)
+        return cls(boot, machine, _uncstr(release, "kernel release"), layout, fp)
 
     def mismatch(self, other: "Identity") -> str | None:
         """Why an image of ``self`` cannot resume on a machine that is ``other``; None if it can."""
@@ -299,14 +379,13 @@ class HandoffRecord(_Record):
     NAME = "handoff"
     # magic ver flags length | seq created | identity(160) | restart compression | region low | target_id | checksum
     STRUCT = struct.Struct("<8sHHI" "QQ" "160s" "II" "QQQQ" "64s" "Q")
+    MAX_LENGTH = HANDOFF_MAX
 
     @classmethod
     def pack(cls, h: Handoff) -> bytes:
         """Serialise a handoff (see :meth:`Handoff.pack`)."""
         tail = MemoryMapRecord.encode(h.memmap)
         length = cls.STRUCT.size + len(tail)
-        if length > HANDOFF_MAX:
-            raise FormatError(f"handoff of {length} bytes exceeds the {HANDOFF_MAX}-byte header area")
         return cls._seal((cls.MAGIC, FORMAT_VERSION, 0, length, h.sequence, h.created_ns,
                           h.identity.pack(), _restart_code(h.restart_point), int(h.compression),
                           h.region_base, h.region_size, h.low_base, h.low_size,
@@ -325,7 +404,7 @@ class HandoffRecord(_Record):
         except ValueError:
             raise FormatError(f"handoff names unknown compression {comp}") from None
         return Handoff(Identity.unpack(ident), _restart_name(restart), compression, rbase, rsize,
-                       lbase, lsize, memmap, seq, created, _uncstr(target))
+                       lbase, lsize, memmap, seq, created, _uncstr(target, "target id"))
 
 
 # --- superblock -------------------------------------------------------------
@@ -333,11 +412,12 @@ class HandoffRecord(_Record):
 RESULT_NONE = 0
 RESULT_OK = 1
 RESULT_FAILED = 2
+_RESULTS = (RESULT_NONE, RESULT_OK, RESULT_FAILED)
 
 
 @dataclass(frozen=True)
 class Superblock:
-    """The image's first 4 KiB: state, identity, summary, timings."""
+    """The target's first 4 KiB: its signature (UUID) and the image's state, identity, summary, timings."""
 
     state: State = State.EMPTY
     identity: Identity = field(default_factory=Identity)
@@ -364,6 +444,8 @@ class Superblock:
     restore_duration_ns: int = 0
     target_id: str = ""
     reason: str = ""
+    target_uuid: bytes = bytes(16)
+    wiped_ns: int = 0
 
     def evolve(self, **changes: object) -> "Superblock":
         """A copy with some fields changed."""
@@ -384,7 +466,7 @@ class Superblock:
 
     @classmethod
     def unpack(cls, data: bytes | memoryview) -> "Superblock":
-        """Parse; an all-zero block is an EMPTY superblock, anything else must be valid."""
+        """Parse; FormatError unless the block holds a valid superblock (a blank block does not)."""
         return SuperblockRecord.unpack(data)
 
 
@@ -402,7 +484,9 @@ class SuperblockRecord(_Record):
         "QQQQQQ"          # pages total/zero, chunks, stream bytes, stream checksum, handoff checksum
         "QQQQQ"           # created saved restored, save/restore durations
         "64s256s"         # target id, reason
+        "16sQ"            # target uuid, wiped
         "Q")              # checksum
+    MAX_LENGTH = STRUCT.size
 
     @classmethod
     def pack(cls, s: Superblock) -> bytes:
@@ -416,7 +500,7 @@ class SuperblockRecord(_Record):
                           s.stream_checksum, s.handoff_checksum,
                           s.created_ns, s.saved_ns, s.restored_ns, s.save_duration_ns,
                           s.restore_duration_ns, _cstr(s.target_id, 64, "target id"),
-                          _cstr(reason, 256, "reason")))
+                          _cstr(reason, 256, "reason"), s.target_uuid, s.wiped_ns))
         return body.ljust(SUPERBLOCK_SIZE, b"\0")
 
     @classmethod
@@ -424,23 +508,27 @@ class SuperblockRecord(_Record):
         """Parse a superblock (see :meth:`Superblock.unpack`)."""
         data = bytes(data[:SUPERBLOCK_SIZE])
         if not any(data):
-            return Superblock()
+            raise FormatError("no kjumpd superblock: the block is blank (the target is not initialised)")
         fields, _ = cls._open(data)
         if any(data[cls.STRUCT.size:]):
             raise FormatError("superblock has data after its end: the record is corrupt")
         (_, _, _, _, state, restart, result, comp, chunk_pages, page_size, seq, ident,
          rbase, rsize, lbase, lsize, entry, total, zero, chunks, sbytes, scsum, hcsum,
-         created, saved, restored, sdur, rdur, target, reason, _) = fields
+         created, saved, restored, sdur, rdur, target, reason, uuid, wiped, _) = fields
         if page_size != PAGE_SIZE:
             raise FormatError(f"image page size {page_size} is not {PAGE_SIZE}")
+        if chunk_pages > MAX_CHUNK_PAGES:
+            raise FormatError(f"superblock chunk size {chunk_pages} pages exceeds the format's {MAX_CHUNK_PAGES}")
+        if result not in _RESULTS:
+            raise FormatError(f"superblock has unknown result {result}")
         try:
             state_v, comp_v = State(state), Compression(comp)
         except ValueError:
             raise FormatError(f"superblock has unknown state {state} or compression {comp}") from None
         return Superblock(state_v, Identity.unpack(ident), seq, _restart_name(restart), result, comp_v,
                           chunk_pages, rbase, rsize, lbase, lsize, entry, total, zero, chunks, sbytes,
-                          scsum, hcsum, created, saved, restored, sdur, rdur, _uncstr(target),
-                          _uncstr(reason))
+                          scsum, hcsum, created, saved, restored, sdur, rdur, _uncstr(target, "target id"),
+                          _uncstr(reason, "reason"), uuid, wiped)
 
 
 # --- chunks and trailer -----------------------------------------------------
@@ -450,7 +538,12 @@ CHUNK_FLAG_STORED_RAW = 0x1    # payload is the raw pages, whatever the image's 
 
 @dataclass(frozen=True)
 class ChunkHeader:
-    """Header of one chunk: which map pages it covers, which are zero, how its payload is stored."""
+    """Header of one chunk: which map pages it covers, which are zero, how its payload is stored.
+
+    A header that :meth:`unpack` accepts is consistent in itself: at most
+    MAX_CHUNK_PAGES pages, no padding bit set in the zero bitmap, a raw length
+    that matches the bitmap and a stored length no larger than the raw one.
+    """
 
     index: int
     first_page: int
@@ -475,6 +568,15 @@ class ChunkHeader:
         """Bytes the chunk occupies in the stream (chunks are packed back to back)."""
         return self.size + self.stored_len
 
+    @property
+    def zero_pages(self) -> int:
+        """How many of the chunk's pages are zero (not stored)."""
+        return int.from_bytes(self.zero_bitmap, "little").bit_count()
+
+    def zero_runs(self) -> list[tuple[int, int]]:
+        """The runs of zero pages as (first page in the chunk, pages), in linear time."""
+        return set_bit_runs(self.zero_bitmap, self.pages, f"chunk {self.index} zero bitmap", self.pages)
+
     def pack(self) -> bytes:
         """Serialise the header and bitmap."""
         return ChunkRecord.pack(self)
@@ -492,6 +594,7 @@ class ChunkRecord(_Record):
     NAME = "chunk header"
     STRUCT = ChunkHeader.STRUCT
     KNOWN_FLAGS = CHUNK_FLAG_STORED_RAW
+    MAX_LENGTH = ALIGN
 
     @classmethod
     def pack(cls, c: ChunkHeader) -> bytes:
@@ -507,14 +610,24 @@ class ChunkRecord(_Record):
             data = data[:length] if length <= len(data) else data
         fields, tail = cls._open(data)
         _, _, flags, _, index, first, pages, raw_len, stored_len, raw_sum, stored_sum, _ = fields
+        where = f"chunk {index}"
+        if not 0 < pages <= MAX_CHUNK_PAGES:
+            raise FormatError(f"{where} covers {pages} pages (1 to {MAX_CHUNK_PAGES} allowed)")
         if len(tail) != (pages + 7) // 8:
-            raise FormatError(f"chunk {index} zero bitmap has the wrong length")
-        return ChunkHeader(index, first, pages, raw_len, stored_len, raw_sum, stored_sum, tail, flags)
+            raise FormatError(f"{where} zero bitmap has the wrong length")
+        header = ChunkHeader(index, first, pages, raw_len, stored_len, raw_sum, stored_sum, tail, flags)
+        if int.from_bytes(tail, "little").bit_length() > pages:
+            raise FormatError(f"{where} zero bitmap has bits set past its end")
+        if raw_len != (pages - header.zero_pages) * PAGE_SIZE:
+            raise FormatError(f"{where} payload length does not match its zero-page bitmap")
+        if stored_len > raw_len or (flags & CHUNK_FLAG_STORED_RAW and stored_len != raw_len):
+            raise FormatError(f"{where} stored length {stored_len} is impossible for {raw_len} bytes of pages")
+        return header
 
 
 @dataclass(frozen=True)
 class Trailer:
-    """End of the chunk stream: counts and a checksum over every chunk's checksums."""
+    """End of the chunk stream: counts and a checksum over every chunk header."""
 
     chunk_count: int
     pages_total: int
@@ -538,6 +651,7 @@ class TrailerRecord(_Record):
     MAGIC = b"KJTRAILR"
     NAME = "trailer"
     STRUCT = struct.Struct("<8sHHI" "QQQQQ" "Q")
+    MAX_LENGTH = STRUCT.size
 
     @classmethod
     def pack(cls, t: Trailer) -> bytes:
@@ -555,6 +669,11 @@ class TrailerRecord(_Record):
         return Trailer(*fields[4:9])
 
 
-def stream_checksum_update(state: "xxhash.xxh3_64", header: ChunkHeader) -> None:
-    """Fold one chunk into the running stream checksum (its header's checksums, in order)."""
-    state.update(struct.pack("<QQQ", header.index, header.stored_checksum, header.raw_checksum))
+def stream_checksum_update(state: "xxhash.xxh3_64", header: bytes | memoryview) -> None:
+    """Fold one chunk into the running stream checksum: its header and zero bitmap, as stored.
+
+    The header holds the payload's checksums and everything that decides
+    where the pages go (index, first page, page count, zero bitmap, flags), so
+    the trailer's and superblock's stream checksum covers all of it.
+    """
+    state.update(header)

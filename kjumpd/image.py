@@ -3,6 +3,9 @@
 An image is a superblock, the handoff A wrote before the jump (which holds the
 memory map), a stream of independently checksummed chunks and a trailer; the
 bytes are specified in docs/format.md and packed by :mod:`kjumpd.format`.
+Every target is opened through :meth:`ImageTarget.open`, which accepts only
+a target kjumpd initialised and holds; every superblock written here carries
+that target's UUID.
 
 Saving runs the chunk encoder on a thread pool (the compressors and ``pread``
 release the GIL, so both CPU cores work) while the calling thread writes the
@@ -10,6 +13,10 @@ chunks in order. Restoring first verifies the whole image read-only, decoding
 every chunk, and writes nothing at all if anything is wrong; only then does it
 mark the image ``RESTORING``, write the pages back and mark it ``RESTORED``
 (consumed). Each state change is durable before the next step.
+
+A consumed image (``RESTORED`` or ``DISCARDED``) loses its handoff and trailer
+at once (:func:`set_state`); :func:`wipe` overwrites the chunk stream, which
+holds A's RAM (docs/format.md, "What a consumed image leaves behind").
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid as uuidlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,9 +35,9 @@ import xxhash
 import zstandard
 
 from .errors import FormatError, ImageError
-from .format import (ALIGN, CHUNK_FLAG_STORED_RAW, DATA_OFFSET, HANDOFF_OFFSET, RESULT_OK,
-                     SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, ChunkHeader, Compression, Handoff, Identity, State, Superblock, Trailer,
-                     checksum, stream_checksum_update)
+from .format import (ALIGN, CHUNK_FLAG_STORED_RAW, DATA_OFFSET, HANDOFF_MAX, HANDOFF_OFFSET,
+                     MAX_CHUNK_PAGES, RESULT_OK, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, ChunkHeader, Compression,
+                     Handoff, Identity, State, Superblock, Trailer, checksum, stream_checksum_update)
 from .memmap import PAGE_SIZE, MemoryMap
 from .physmem import PhysicalMemory
 from .target import ImageTarget
@@ -59,7 +67,7 @@ def _padded(data: bytes) -> bytes:
 
 
 def read_superblock(target: ImageTarget) -> Superblock:
-    """Read the superblock; an all-zero block reads as EMPTY. FormatError if corrupt."""
+    """Read the superblock; FormatError if it is not a valid one."""
     raw = target.read(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
     if len(raw) < SUPERBLOCK_SIZE:
         raise FormatError(f"image target {target.path} is too small to hold a superblock")
@@ -67,16 +75,35 @@ def read_superblock(target: ImageTarget) -> Superblock:
 
 
 def write_superblock(target: ImageTarget, superblock: Superblock) -> None:
-    """Write the superblock and make it durable."""
-    target.write(SUPERBLOCK_OFFSET, superblock.pack())
+    """Write the superblock, stamped with the target's UUID, and make it durable."""
+    target.write(SUPERBLOCK_OFFSET, superblock.evolve(target_uuid=target.uuid).pack())
     target.sync()
 
 
+CONSUMED = (State.RESTORED, State.DISCARDED)
+
+
 def set_state(target: ImageTarget, state: State, **fields: object) -> Superblock:
-    """Change the superblock's state (and other fields), durably; returns the new superblock."""
+    """Change the superblock's state (and other fields), durably; returns the new superblock.
+
+    Entering a consumed state (RESTORED, DISCARDED) also overwrites the
+    handoff area and the trailer, once the new state is durable: the image
+    can no longer be reassembled, and the memory map and identity are gone.
+    """
     superblock = read_superblock(target).evolve(state=state, **fields)
     write_superblock(target, superblock)
+    if state in CONSUMED:
+        _scrub_headers(target, superblock)
     return superblock
+
+
+def _scrub_headers(target: ImageTarget, superblock: Superblock) -> None:
+    """Zero the handoff area and, where the superblock says, the trailer; durably."""
+    target.zero(HANDOFF_OFFSET, DATA_OFFSET - HANDOFF_OFFSET)
+    trailer_at = DATA_OFFSET + superblock.stream_bytes
+    if superblock.stream_bytes and trailer_at + ALIGN <= target.capacity:
+        target.zero(trailer_at, ALIGN)
+    target.sync()
 
 
 def discard(target: ImageTarget, reason: str) -> Superblock:
@@ -98,7 +125,7 @@ def read_handoff(target: ImageTarget) -> tuple[Handoff, int]:
     if len(head) < 16:
         raise FormatError(f"image target {target.path} is too small to hold a handoff")
     length = int.from_bytes(head[12:16], "little")
-    if length > DATA_OFFSET - HANDOFF_OFFSET:
+    if length > HANDOFF_MAX:
         raise FormatError(f"handoff length {length} exceeds the header area: the record is corrupt")
     data = head if length <= len(head) else target.read(HANDOFF_OFFSET, length)
     handoff = Handoff.unpack(data)
@@ -166,7 +193,8 @@ class _Codec:
 @dataclass
 class _Encoded:
     header: ChunkHeader
-    parts: list[bytes | memoryview]     # header, payload and padding, written with one pwritev
+    packed: bytes                       # the header as written (folded into the stream checksum)
+    stored: bytes                       # the payload as written
     zero_pages: int
 
 
@@ -218,7 +246,7 @@ def _encode_chunk(source: PhysicalMemory, memmap: MemoryMap, codec: _Codec, chun
             flags = CHUNK_FLAG_STORED_RAW
     header = ChunkHeader(index, first, pages, len(payload), len(stored), checksum(payload),
                          checksum(stored), bytes(bitmap), flags)
-    return _Encoded(header, [header.pack(), stored], zeros)
+    return _Encoded(header, header.pack(), stored, zeros)
 
 
 class _StreamWriter:
@@ -279,8 +307,10 @@ def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_
     """
     started = time.monotonic()
     memmap = handoff.memmap
-    if not 0 < chunk_pages <= 8 * (ALIGN - ChunkHeader.STRUCT.size):
-        raise ValueError("chunk size out of range")
+    if not memmap.total_pages:
+        raise ImageError("the memory map is empty: there is nothing to save; nothing was written")
+    if not 0 < chunk_pages <= MAX_CHUNK_PAGES:
+        raise ValueError(f"chunk size {chunk_pages} out of range (1 to {MAX_CHUNK_PAGES} pages)")
     need = required_capacity(memmap, chunk_pages)
     if target.capacity < need:
         raise ImageError(
@@ -310,9 +340,9 @@ def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_
         encoded = _ordered_map(pool, lambda i: _encode_chunk(source, memmap, codec, chunk_pages, i),
                                range(chunks), workers * 4)
         for item in encoded:
-            writer.add(item.parts)
+            writer.add([item.packed, item.stored])
             zero_pages += item.zero_pages
-            stream_checksum_update(stream, item.header)
+            stream_checksum_update(stream, item.packed)
             if progress:
                 progress(min(total, (item.header.first_page + item.header.pages) * PAGE_SIZE), total, "save")
     position = writer.finish()
@@ -350,7 +380,12 @@ class _Window:
 
 
 def _chunks(target: ImageTarget, superblock: Superblock) -> Iterator[tuple[ChunkHeader, memoryview]]:
-    """Yield each chunk's checked header and stored payload, then check the trailer."""
+    """Yield each chunk's checked header and stored payload, then check the trailer.
+
+    Each header is read from one block (a header and its bitmap fit in
+    ALIGN bytes) and checked before its payload is read, so no length read
+    from the disk sizes a read beyond the format's maximum chunk.
+    """
     window = _Window(target)
     stream = xxhash.xxh3_64()
     position = DATA_OFFSET
@@ -358,24 +393,26 @@ def _chunks(target: ImageTarget, superblock: Superblock) -> Iterator[tuple[Chunk
     for index in range(superblock.chunk_count):
         where = f"chunk {index} (byte {position})"
         try:
-            header = ChunkHeader.unpack(window.take(position, min(ALIGN, target.capacity - position)))
+            raw_header = window.take(position, min(ALIGN, target.capacity - position))
+            header = ChunkHeader.unpack(raw_header)
         except FormatError as exc:
             raise ImageError(f"{where}: {exc}") from exc
         expected_pages = min(superblock.chunk_pages, superblock.pages_total - index * superblock.chunk_pages)
         if (header.index, header.first_page, header.pages) != (
                 index, index * superblock.chunk_pages, expected_pages):
             raise ImageError(f"{where}: header describes chunk {header.index} — the stream is out of order")
-        zeros = sum(bin(b).count("1") for b in header.zero_bitmap)
-        if header.raw_len != (header.pages - zeros) * PAGE_SIZE:
-            raise ImageError(f"{where}: payload length does not match its zero-page bitmap")
+        if superblock.compression == Compression.NONE and header.stored_len != header.raw_len:
+            raise ImageError(f"{where}: stored length differs from the pages' in an uncompressed image")
+        if position + header.total > target.capacity:
+            raise ImageError(f"{where}: the chunk runs past the end of the image target — the image is truncated")
         try:
             stored = window.take(position + header.size, header.stored_len)
         except FormatError as exc:
             raise ImageError(f"{where}: {exc}") from exc
         if checksum(stored) != header.stored_checksum:
             raise ImageError(f"{where}: data checksum mismatch — the image is corrupt")
-        zero_pages += zeros
-        stream_checksum_update(stream, header)
+        zero_pages += header.zero_pages
+        stream_checksum_update(stream, raw_header[:header.size])
         yield header, stored
         position += header.total
     padding = -position % ALIGN
@@ -392,6 +429,15 @@ def _chunks(target: ImageTarget, superblock: Superblock) -> Iterator[tuple[Chunk
         raise ImageError("trailer does not match the chunk stream and superblock — the image is corrupt")
 
 
+_NOT_RESTORABLE = {
+    State.EMPTY: "holds no image",
+    State.SAVING: "holds an incomplete image (the save was interrupted)",
+    State.RESTORING: "holds an image whose restore was interrupted; it is not used again",
+    State.RESTORED: "holds an image that was already restored (consumed)",
+    State.DISCARDED: "holds a discarded image",
+}
+
+
 def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
     """The superblock and handoff of an image that may be restored, or ImageError why not."""
     try:
@@ -399,15 +445,8 @@ def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
     except FormatError as exc:
         raise ImageError(f"superblock: {exc}") from exc
     if superblock.state != State.SAVED:
-        why = {
-            State.EMPTY: "holds no image",
-            State.SAVING: "holds an incomplete image (the save was interrupted)",
-            State.RESTORING: "holds an image whose restore was interrupted; it is not used again",
-            State.RESTORED: "holds an image that was already restored (consumed)",
-            State.DISCARDED: "holds a discarded image",
-        }[superblock.state]
         detail = f": {superblock.reason}" if superblock.reason else ""
-        raise ImageError(f"{target.path} {why}{detail}")
+        raise ImageError(f"{target.path} {_NOT_RESTORABLE[superblock.state]}{detail}")
     try:
         handoff, handoff_sum = read_handoff(target)
     except FormatError as exc:
@@ -416,8 +455,12 @@ def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
         raise ImageError("the handoff on the target is not the one this image was saved from")
     if handoff.memmap.total_pages != superblock.pages_total:
         raise ImageError("the memory map does not match the superblock's page count")
-    if superblock.chunk_pages <= 0 or superblock.chunk_count != -(-superblock.pages_total // superblock.chunk_pages):
+    if not 0 < superblock.chunk_pages <= MAX_CHUNK_PAGES or \
+            superblock.chunk_count != -(-superblock.pages_total // superblock.chunk_pages):
         raise ImageError("superblock chunk count does not match its page count")
+    if superblock.stream_bytes % ALIGN or DATA_OFFSET + superblock.stream_bytes + ALIGN > target.capacity:
+        raise ImageError(f"superblock says the stream holds {superblock.stream_bytes} bytes, which do not fit "
+                         f"the image target ({target.capacity} bytes) — the image is truncated or corrupt")
     return superblock, handoff
 
 
@@ -472,25 +515,30 @@ def verify(target: ImageTarget, *, deep: bool = False, progress: Progress | None
 
 
 def _scatter(dest: PhysicalMemory, memmap: MemoryMap, header: ChunkHeader, raw: bytes | memoryview) -> None:
-    """Write one chunk's pages to their physical addresses, zero pages as zeros."""
-    bits = int.from_bytes(header.zero_bitmap, "little")
+    """Write one chunk's pages to their physical addresses, zero pages as zeros.
+
+    The zero bitmap is decoded into runs once (linear time); each run of
+    zero or stored pages is split where the map's extents break it.
+    """
     source = memoryview(raw)
     taken = 0
-    for address, offset, count in memmap.runs(header.first_page, header.pages):
-        page = 0
-        while page < count:
-            zero = bits >> (offset + page) & 1
-            run = page
-            while run < count and (bits >> (offset + run) & 1) == zero:
-                run += 1
-            length = (run - page) * PAGE_SIZE
+    page = 0
+    spans: list[tuple[int, int, bool]] = []        # (first page in chunk, pages, zero)
+    for first, count in header.zero_runs():
+        if first > page:
+            spans.append((page, first - page, False))
+        spans.append((first, count, True))
+        page = first + count
+    if page < header.pages:
+        spans.append((page, header.pages - page, False))
+    for first, count, zero in spans:
+        for address, _, pages in memmap.runs(header.first_page + first, count):
+            length = pages * PAGE_SIZE
             if zero:
-                dest.write(address + page * PAGE_SIZE, _ZERO_VIEW[:length] if length <= len(_ZERO_CHUNK)
-                           else bytes(length))
+                dest.write(address, _ZERO_VIEW[:length] if length <= len(_ZERO_CHUNK) else bytes(length))
             else:
-                dest.write(address + page * PAGE_SIZE, source[taken:taken + length])
+                dest.write(address, source[taken:taken + length])
                 taken += length
-            page = run
 
 
 def restore(target: ImageTarget, dest: PhysicalMemory, *, progress: Progress | None = None,
@@ -521,7 +569,8 @@ def restore(target: ImageTarget, dest: PhysicalMemory, *, progress: Progress | N
 
 def describe(target: ImageTarget) -> dict[str, object]:
     """What the target holds, for people and for ``--json``: never raises for a corrupt image."""
-    info: dict[str, object] = {"target": target.path, "offset": target.offset, "capacity": target.capacity}
+    info: dict[str, object] = {"target": target.path, "offset": target.offset, "capacity": target.capacity,
+                               "target_uuid": str(uuidlib.UUID(bytes=target.uuid))}
     try:
         sb = read_superblock(target)
     except FormatError as exc:
@@ -536,8 +585,9 @@ def describe(target: ImageTarget) -> dict[str, object]:
         pages_total=sb.pages_total, pages_zero=sb.pages_zero, memory_bytes=sb.pages_total * PAGE_SIZE,
         chunks=sb.chunk_count, image_bytes=sb.image_bytes, created_ns=sb.created_ns, saved_ns=sb.saved_ns,
         restored_ns=sb.restored_ns, save_seconds=sb.save_duration_ns / 1e9,
-        restore_seconds=sb.restore_duration_ns / 1e9, target_id=sb.target_id, reason=sb.reason)
-    if sb.state != State.EMPTY:
+        restore_seconds=sb.restore_duration_ns / 1e9, target_id=sb.target_id, reason=sb.reason,
+        wiped_ns=sb.wiped_ns)
+    if sb.state in (State.SAVING, State.SAVED, State.RESTORING):     # a consumed image has no handoff
         try:
             handoff, _ = read_handoff(target)
             info["memory_map"] = [[r.start, r.end] for r in handoff.memmap.ranges()]
@@ -545,3 +595,56 @@ def describe(target: ImageTarget) -> dict[str, object]:
             info["problem"] = f"handoff: {exc}"
     return info
 
+
+# --- what a consumed image leaves behind ------------------------------------------------
+
+def _stream_end(target: ImageTarget, superblock: Superblock) -> int:
+    """Where the bytes the last save wrote end: after the trailer, or after the last chunk found.
+
+    A save that did not finish (state SAVING, or DISCARDED by B) recorded no
+    stream length: its chunks are found by walking their headers from the
+    start of the stream, as long as each one checks out and is the next.
+    """
+    if superblock.stream_bytes:
+        return min(target.capacity, DATA_OFFSET + superblock.stream_bytes + ALIGN)
+    window = _Window(target)
+    position = DATA_OFFSET
+    index = 0
+    while position + ALIGN <= target.capacity:
+        try:
+            header = ChunkHeader.unpack(window.take(position, ALIGN))
+        except FormatError:
+            break
+        if header.index != index:
+            break
+        position += header.total
+        index += 1
+    return min(target.capacity, position + -position % ALIGN + ALIGN)
+
+
+def wipe(target: ImageTarget, *, progress: Progress | None = None) -> Superblock:
+    """Overwrite with zeros everything the last image wrote: handoff area, chunk stream, trailer.
+
+    The chunk stream holds A's RAM (keys, passwords); a consumed image keeps
+    it until this runs. It costs one sequential write of the image's size.
+    Refused (ImageError) for an image that may still be resumed (SAVED) or
+    whose save or restore is under way or was interrupted (SAVING, RESTORING):
+    discard it first. Records the time of the wipe in the superblock.
+    """
+    superblock = read_superblock(target)
+    if superblock.state not in (State.EMPTY, *CONSUMED):
+        raise ImageError(f"{target.path} {_NOT_RESTORABLE.get(superblock.state, 'holds a saved image')}; "
+                         "discard it before wiping it")
+    end = _stream_end(target, superblock)
+    total = end - HANDOFF_OFFSET
+    position = HANDOFF_OFFSET
+    while position < end:
+        step = min(_StreamWriter.BLOCK, end - position)
+        target.zero(position, step)
+        position += step
+        if progress:
+            progress(position - HANDOFF_OFFSET, total, "wipe")
+    target.sync()
+    superblock = superblock.evolve(wiped_ns=time.time_ns())
+    write_superblock(target, superblock)
+    return superblock

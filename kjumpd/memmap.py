@@ -12,7 +12,9 @@ smaller) are in :mod:`kjumpd.format`.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -73,6 +75,8 @@ def parse_iomem(text: str) -> list[Range]:
         if not match:
             raise FormatError(f"iomem line {lineno} is not 'START-END : NAME': {line!r}")
         indent, start, end, name = match.groups()
+        if int(end, 16) < int(start, 16):
+            raise FormatError(f"iomem line {lineno} ends before it starts: {line!r}")
         if indent == "" and name == "System RAM":
             ranges.append(Range(int(start, 16), int(end, 16) + 1))
     return normalise(ranges)
@@ -94,7 +98,10 @@ def parse_firmware_memmap(root: str) -> list[Range]:
                 return handle.read().strip()
 
         if field("type") == "System RAM":
-            ranges.append(Range(int(field("start"), 16), int(field("end"), 16) + 1))
+            try:
+                ranges.append(Range(int(field("start"), 16), int(field("end"), 16) + 1))
+            except ValueError:
+                raise FormatError(f"firmware memory map entry {path} is not a valid range") from None
     return normalise(ranges)
 
 
@@ -186,6 +193,9 @@ class MemoryMap:
             else:
                 merged.append(ext)
         self.extents: tuple[Extent, ...] = tuple(merged)
+        # map page number of each extent's first page, for runs() to find a chunk's extent by bisection
+        self._firsts = list(itertools.accumulate((e.count for e in merged[:-1]), initial=0))
+        self._total = self._firsts[-1] + merged[-1].count if merged else 0
 
     @classmethod
     def from_ranges(cls, ranges: Iterable[Range]) -> "MemoryMap":
@@ -200,7 +210,7 @@ class MemoryMap:
     @property
     def total_pages(self) -> int:
         """Number of pages in the map."""
-        return sum(e.count for e in self.extents)
+        return self._total
 
     @property
     def total_bytes(self) -> int:
@@ -217,16 +227,16 @@ class MemoryMap:
         The map's pages are numbered 0..total_pages-1 in address order; a chunk
         of the image covers consecutive numbers, which may span several extents.
         """
-        position = 0
         end = first + count
-        for ext in self.extents:
+        index = max(0, bisect.bisect_right(self._firsts, first) - 1)
+        for i in range(index, len(self.extents)):
+            ext, position = self.extents[i], self._firsts[i]
             ext_end = position + ext.count
             lo, hi = max(first, position), min(end, ext_end)
             if lo < hi:
                 yield ((ext.start + lo - position) << PAGE_SHIFT, lo - first, hi - lo)
             if ext_end >= end:
                 return
-            position = ext_end
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MemoryMap) and self.extents == other.extents

@@ -9,8 +9,10 @@ RAM lies above it (DESIGN.md, research/qemu-resume-from-disk-6.1.md).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import stat
 from abc import ABC, abstractmethod
 
 from .errors import ImageError
@@ -45,16 +47,27 @@ class PhysicalMemory(ABC):
 
 
 class FileMemory(PhysicalMemory):
-    """A file standing for RAM: file offset = physical address - ``base``."""
+    """A file standing for RAM: file offset = physical address - ``base``.
+
+    A writable one is never opened through a symbolic link: what is written
+    there is RAM, and a link could point anywhere.
+    """
 
     def __init__(self, path: str, *, base: int = 0, writable: bool = False) -> None:
         self.path = path
         self.base = base
+        flags = (os.O_RDWR | os.O_NOFOLLOW if writable else os.O_RDONLY) | os.O_CLOEXEC
         try:
-            self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+            self._fd = os.open(path, flags)
         except OSError as exc:
-            raise ImageError(f"cannot open memory file {path}: {exc.strerror}") from exc
-        self.size = os.fstat(self._fd).st_size
+            if exc.errno == errno.ELOOP:
+                raise ImageError(f"memory file {path} is a symbolic link: refusing to write through it") from None
+            raise ImageError(f"cannot open memory file {path}: {exc.strerror}") from None
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(self._fd)
+            raise ImageError(f"memory file {path} is not a regular file")
+        self.size = info.st_size
 
     def check_range(self, address: int, length: int) -> str | None:
         """Why the range lies outside the file; None when it is inside."""
@@ -72,7 +85,10 @@ class FileMemory(PhysicalMemory):
 
     def read(self, address: int, length: int) -> bytes:
         """Read with ``pread`` (the page cache copy is the fastest route for a file)."""
-        data = os.pread(self._fd, length, self._offset(address, length))
+        try:
+            data = os.pread(self._fd, length, self._offset(address, length))
+        except OSError as exc:
+            raise ImageError(f"reading memory file {self.path} at {address:#x} failed: {exc.strerror}") from None
         if len(data) != length:
             raise ImageError(f"short read from memory file {self.path} at {address:#x}")
         return data
@@ -81,13 +97,19 @@ class FileMemory(PhysicalMemory):
         """Write with ``pwrite``."""
         offset = self._offset(address, len(data))
         view = memoryview(data)
-        while view:
-            done = os.pwrite(self._fd, view, offset)
-            view, offset = view[done:], offset + done
+        try:
+            while view:
+                done = os.pwrite(self._fd, view, offset)
+                view, offset = view[done:], offset + done
+        except OSError as exc:
+            raise ImageError(f"writing memory file {self.path} at {address:#x} failed: {exc.strerror}") from None
 
     def flush(self) -> None:
         """fsync the file."""
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise ImageError(f"flushing memory file {self.path} failed: {exc.strerror}") from None
 
     def close(self) -> None:
         """Close the file."""

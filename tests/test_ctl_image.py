@@ -1,8 +1,12 @@
 """kjumpctl image …: the documented exit codes, messages and output, run as a user would."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
+
+import pytest
 
 from kjumpd.memmap import PAGE_SIZE
 
@@ -74,9 +78,107 @@ def test_missing_source_is_a_clear_error(tmp_path):
     assert result.returncode == 1 and "cannot open memory file" in result.stderr and "No such file" in result.stderr
 
 
-def test_blank_target_inspects_as_empty(tmp_path):
+def test_blank_file_is_not_a_target_until_initialised(tmp_path):
     img = tmp_path / "img"
-    img.write_bytes(bytes(8192))
+    img.write_bytes(bytes(5 << 20))
+    result = kjumpctl("image", "inspect", img)
+    assert result.returncode == 1 and "is not initialised: run `kjumpctl target init" in result.stderr
+    assert img.read_bytes() == bytes(5 << 20)
+    init = kjumpctl("target", "init", img)
+    assert init.returncode == 0 and "kjumpd image target, UUID" in init.stdout, init.stderr
     result = kjumpctl("image", "inspect", img)
     assert result.returncode == 0 and "State: EMPTY" in result.stdout
     assert "holds no image" in kjumpctl("image", "verify", img).stderr
+
+
+def one_line_error(result, code=1):
+    """The documented shape of bad input: the exit code, one line on stderr, no traceback."""
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"00010000-00000fff : System RAM\n", "iomem line 1 ends before it starts"),
+    (b"\xff\xfe System RAM\n", "is not text in /proc/iomem format"),
+    (b"00001000-0000ffff System RAM\n", "iomem line 1 is not 'START-END : NAME'"),
+    (b"00001000-0000ffff : Reserved\n", "the memory map is empty"),
+])
+def test_a_bad_map_file_is_one_line_and_exit_1(tmp_path, content, match):
+    """Issue 16.8: a bad --map file ends in one clear line, exit 1, and no image file."""
+    src, img, bad = tmp_path / "ram", tmp_path / "img", tmp_path / "map"
+    memory(src)
+    bad.write_bytes(content)
+    assert match in one_line_error(kjumpctl("image", "write", src, img, "--map", bad))
+    assert not img.exists()
+
+
+def test_bad_arguments_are_one_line_each(tmp_path):
+    """Issue 16.8: every image command reports bad input in one line, without a traceback."""
+    src, img, dest = tmp_path / "ram", tmp_path / "img", tmp_path / "dest"
+    memory(src)
+    assert "is not a regular file" in one_line_error(kjumpctl("image", "write", tmp_path, img))
+    assert not img.exists()
+    assert "cannot read the memory map" in one_line_error(kjumpctl("image", "write", src, img, "--map", tmp_path))
+    assert "bad range" in one_line_error(kjumpctl("image", "write", src, img, "--map", "5-3"))
+    assert "bad range" in one_line_error(kjumpctl("image", "write", src, img, "--map", "it's"))
+    for offset in ("-4096", "100", "x"):
+        usage = kjumpctl("image", "write", src, img, "--offset", offset)
+        assert usage.returncode == 2 and "argument --offset" in usage.stderr and "Traceback" not in usage.stderr
+    assert not img.exists()
+    assert kjumpctl("image", "write", src, img).returncode == 0
+    assert "Is a directory" in one_line_error(kjumpctl("image", "restore", img, tmp_path))
+    for action in ("verify", "inspect", "restore", "wipe"):
+        args = (tmp_path,) if action != "restore" else (tmp_path, dest)
+        assert "image target" in one_line_error(kjumpctl("image", action, *args))
+    assert not dest.exists()
+
+
+def test_restore_creates_dest_0600_and_removes_it_when_refused(tmp_path):
+    """Issue 16.13: DEST holds RAM: created 0600, and gone again when the restore is refused."""
+    src, img, dest = tmp_path / "ram", tmp_path / "img", tmp_path / "dest"
+    original = memory(src)
+    assert kjumpctl("image", "write", src, img).returncode == 0
+    refused = kjumpctl("image", "restore", img, dest, "--map", "0-0x1fffff")
+    assert "RAM layout differs" in one_line_error(refused)
+    assert not dest.exists(), "a refused restore left its destination behind"
+    os.umask(0o022)
+    assert kjumpctl("image", "restore", img, dest).returncode == 0
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600 and dest.read_bytes() == original
+
+
+def test_restore_does_not_follow_a_symbolic_link(tmp_path):
+    """Issue 16.13: DEST as a symbolic link (dangling or not) is refused; nothing is written through it."""
+    src, img = tmp_path / "ram", tmp_path / "img"
+    memory(src)
+    assert kjumpctl("image", "write", src, img).returncode == 0
+    victim, link, dangling = tmp_path / "victim", tmp_path / "link", tmp_path / "dangling"
+    victim.write_bytes(bytes(300 * PAGE_SIZE))
+    link.symlink_to(victim)
+    dangling.symlink_to(tmp_path / "created-through-link")
+    assert "symbolic link" in one_line_error(kjumpctl("image", "restore", img, link))
+    assert victim.read_bytes() == bytes(300 * PAGE_SIZE)
+    assert "symbolic link" in one_line_error(kjumpctl("image", "restore", img, dangling))
+    assert not (tmp_path / "created-through-link").exists()
+
+
+def test_write_refuses_an_existing_file_that_is_not_a_target(tmp_path):
+    """Issue 16.12: an existing file without kjumpd's signature is not overwritten."""
+    src, img = tmp_path / "ram", tmp_path / "img"
+    memory(src)
+    img.write_bytes(b"precious" * 1000000)
+    assert "not kjumpd's" in one_line_error(kjumpctl("image", "write", src, img))
+    assert img.read_bytes() == b"precious" * 1000000
+
+
+def test_wipe_after_restore(tmp_path):
+    src, img, dest = tmp_path / "ram", tmp_path / "img", tmp_path / "dest"
+    memory(src)
+    assert kjumpctl("image", "write", src, img, "--compress", "none").returncode == 0
+    assert b"000002" in img.read_bytes()
+    assert "discard it before wiping" in one_line_error(kjumpctl("image", "wipe", img))
+    assert kjumpctl("image", "restore", img, dest).returncode == 0
+    wiped = kjumpctl("image", "wipe", img)
+    assert wiped.returncode == 0, wiped.stderr
+    assert b"000002" not in img.read_bytes()
+    assert "Wiped: 2" in kjumpctl("image", "inspect", img).stdout

@@ -6,14 +6,16 @@ Every refusal must leave the destination byte-for-byte untouched.
 import hashlib
 import os
 import random
+import struct
 
 import pytest
+import xxhash
 from hypothesis import given, settings, strategies as st
 
 from kjumpd import image
 from kjumpd.errors import ImageError
-from kjumpd.format import (ALIGN, DATA_OFFSET, Compression, Handoff, Identity, State,
-                           FORMAT_VERSION)
+from kjumpd.format import (ALIGN, DATA_OFFSET, HANDOFF_OFFSET, ChunkHeader, Compression, Handoff, Identity,
+                           State, FORMAT_VERSION)
 from kjumpd.memmap import PAGE_SIZE, Extent, MemoryMap, Range
 from kjumpd.physmem import FileMemory
 from kjumpd.target import ImageTarget
@@ -45,7 +47,7 @@ def handoff_for(memmap: MemoryMap, compression=Compression.LZ4, restart="shutdow
 
 def save_image(tmp_path, memory_path, memmap, compression=Compression.LZ4, chunk_pages=image.CHUNK_PAGES):
     img = tmp_path / "image"
-    with ImageTarget.open(str(img), create_size=image.required_capacity(memmap, chunk_pages)) as target, \
+    with ImageTarget.create(str(img), image.required_capacity(memmap, chunk_pages)) as target, \
             FileMemory(str(memory_path)) as source:
         sb = image.save(source, target, handoff_for(memmap, compression), jump_back_entry=0xABC0F2,
                         chunk_pages=chunk_pages)
@@ -178,7 +180,7 @@ def test_unknown_version_is_refused(saved):
     data = bytearray(img.read_bytes())
     data[8:10] = (FORMAT_VERSION + 1).to_bytes(2, "little")
     img.write_bytes(bytes(data))
-    assert_refused(img, dest, "version 2 is not supported")
+    assert_refused(img, dest, f"version {FORMAT_VERSION + 1} is not supported")
 
 
 def test_image_for_another_layout_is_refused(saved, tmp_path):
@@ -199,11 +201,12 @@ def test_target_too_small_is_refused_before_writing(tmp_path):
     make_memory(mem, 64, seed=3)
     memmap = MemoryMap.from_ranges([Range(0, 64 * PAGE_SIZE)])
     img = tmp_path / "image"
-    img.write_bytes(b"\x5a" * (DATA_OFFSET + 8 * PAGE_SIZE))
+    ImageTarget.create(str(img), DATA_OFFSET + 8 * PAGE_SIZE).close()
+    before = img.read_bytes()
     with ImageTarget.open(str(img)) as target, FileMemory(str(mem)) as source:
         with pytest.raises(ImageError, match="too small"):
             image.save(source, target, handoff_for(memmap))
-    assert img.read_bytes() == b"\x5a" * (DATA_OFFSET + 8 * PAGE_SIZE)
+    assert img.read_bytes() == before
 
 
 @pytest.mark.parametrize("state,match", [(State.SAVING, "incomplete"), (State.DISCARDED, "discarded image: gone"),
@@ -227,7 +230,7 @@ def test_save_killed_midway_leaves_an_incomplete_image(tmp_path):
             return super().read(address, length)
 
     img = tmp_path / "image"
-    with ImageTarget.open(str(img), create_size=image.required_capacity(memmap, 8)) as target:
+    with ImageTarget.create(str(img), image.required_capacity(memmap, 8)) as target:
         with pytest.raises(OSError):
             image.save(Dies(str(mem)), target, handoff_for(memmap), chunk_pages=8)
         assert image.read_superblock(target).state == State.SAVING
@@ -251,6 +254,8 @@ def test_image_at_an_offset_leaves_the_bytes_before_it_alone(tmp_path):
     img = tmp_path / "disk"
     prefix = os.urandom(1 << 20)
     img.write_bytes(prefix + bytes(image.required_capacity(memmap)))
+    with ImageTarget.open_unclaimed(str(img), offset=1 << 20) as target:
+        target.initialise()
     with ImageTarget.open(str(img), offset=1 << 20) as target, FileMemory(str(mem)) as source:
         image.save(source, target, handoff_for(memmap))
     assert img.read_bytes()[:1 << 20] == prefix
@@ -259,3 +264,170 @@ def test_image_at_an_offset_leaves_the_bytes_before_it_alone(tmp_path):
     with ImageTarget.open(str(img), offset=1 << 20) as target, FileMemory(str(dest), writable=True) as out:
         image.restore(target, out)
     assert dest.read_bytes() == original
+
+
+def forge_header(data: bytearray, position: int, *, stored_len: int | None = None, bitmap_xor: int = 0) -> None:
+    """Change the chunk header at ``position`` and re-seal its checksum, as a forger would."""
+    size = struct.unpack_from("<I", data, position + 8)[0]
+    raw = bytearray(data[position:position + size])
+    if stored_len is not None:
+        struct.pack_into("<I", raw, 32, stored_len)
+    raw[60] ^= bitmap_xor
+    raw[52:60] = bytes(8)
+    raw[52:60] = struct.pack("<Q", xxhash.xxh3_64_intdigest(bytes(raw)))
+    data[position:position + size] = raw
+
+
+def test_swapped_zero_bitmap_bits_with_a_resealed_header_are_refused(tmp_path):
+    """Issue 16.5: the stream checksum covers the zero-page bitmaps.
+
+    Swapping a zero page's bit with a stored page's keeps every length and
+    payload checksum; with the header's own checksum recomputed, only a
+    checksum over the headers that chains to the superblock notices it.
+    """
+    mem = tmp_path / "ram"
+    pages = bytearray(make_memory(mem, 16, seed=3))
+    pages[:PAGE_SIZE] = bytes(PAGE_SIZE)                        # page 0 zero, page 1 not
+    pages[PAGE_SIZE:2 * PAGE_SIZE] = b"\x42" * PAGE_SIZE
+    mem.write_bytes(bytes(pages))
+    img, _ = save_image(tmp_path, mem, MemoryMap.from_ranges([Range(0, 16 * PAGE_SIZE)]), chunk_pages=16)
+    data = bytearray(img.read_bytes())
+    header = ChunkHeader.unpack(bytes(data[DATA_OFFSET:DATA_OFFSET + ALIGN]))
+    assert header.zero_bitmap[0] & 0b11 == 0b01
+    forge_header(data, DATA_OFFSET, bitmap_xor=0b11)
+    assert ChunkHeader.unpack(bytes(data[DATA_OFFSET:DATA_OFFSET + ALIGN])).zero_bitmap[0] & 0b11 == 0b10
+    img.write_bytes(bytes(data))
+    with ImageTarget.open(str(img), writable=False) as target:
+        with pytest.raises(ImageError, match="trailer does not match"):
+            image.verify(target, deep=True)
+    dest = tmp_path / "dest"
+    dest.write_bytes(b"\xee" * 16 * PAGE_SIZE)
+    assert_refused(img, dest, "trailer does not match")
+
+
+def test_huge_stored_length_is_refused_before_reading(tmp_path, monkeypatch):
+    """Issue 16.7: a stored length of 0xffffffff (header re-sealed) never sizes a read.
+
+    On a large target the old reader asked for 4 GiB at once (MemoryError
+    under a memory limit); now every read stays within one window.
+    """
+    mem = tmp_path / "ram"
+    make_memory(mem, 16, seed=3)
+    img, _ = save_image(tmp_path, mem, MemoryMap.from_ranges([Range(0, 16 * PAGE_SIZE)]), chunk_pages=16)
+    data = bytearray(img.read_bytes())
+    forge_header(data, DATA_OFFSET, stored_len=0xFFFFFFFF)
+    img.write_bytes(bytes(data))
+    os.truncate(img, 8 << 30)                                   # sparse: room for the read it asks for
+    real_read = ImageTarget.read
+    sizes = []
+
+    def recording_read(self, position, length):
+        sizes.append(length)
+        assert length <= 16 << 20, f"a read of {length} bytes"
+        return real_read(self, position, length)
+
+    monkeypatch.setattr(ImageTarget, "read", recording_read)
+    with ImageTarget.open(str(img), writable=False) as target:
+        with pytest.raises(ImageError, match="chunk 0 .*stored length 4294967295 is impossible"):
+            image.verify(target)
+    assert max(sizes) <= 16 << 20
+
+
+def test_alternating_zero_pages_restore_exactly(tmp_path):
+    """Every other page zero, in chunks of the largest size: the run decoder puts each page in place."""
+    mem = tmp_path / "ram"
+    pages = 2 * 1100
+    original = b"".join(bytes(PAGE_SIZE) if i % 2 else bytes([i % 251 + 1]) * PAGE_SIZE for i in range(pages))
+    mem.write_bytes(original)
+    memmap = MemoryMap([Extent(0, 700), Extent(800, pages - 800)])
+    img, sb = save_image(tmp_path, mem, memmap, chunk_pages=1024)
+    assert sb.pages_zero == (pages - 100) // 2
+    dest = tmp_path / "dest"
+    dest.write_bytes(b"\xee" * len(original))
+    restore_into(img, dest)
+    got = dest.read_bytes()
+    assert got[:700 * PAGE_SIZE] == original[:700 * PAGE_SIZE]
+    assert got[700 * PAGE_SIZE:800 * PAGE_SIZE] == b"\xee" * 100 * PAGE_SIZE
+    assert got[800 * PAGE_SIZE:] == original[800 * PAGE_SIZE:]
+
+
+def test_every_superblock_written_carries_the_target_uuid(saved):
+    img, _, _, dest = saved
+    with ImageTarget.open(str(img)) as target:
+        uuid = target.uuid
+        assert uuid != bytes(16) and image.read_superblock(target).target_uuid == uuid
+        image.write_superblock(target, image.read_superblock(target).evolve(target_uuid=bytes(16)))
+    restore_into(img, dest)
+    with ImageTarget.open(str(img), writable=False) as target:
+        assert image.read_superblock(target).target_uuid == uuid
+
+
+def secret_memory(path, pages: int) -> bytes:
+    """Pages that each hold a recognisable secret, and do not compress away."""
+    rnd = random.Random(11)
+    data = b"".join(b"SECRET-%05d-" % i + rnd.randbytes(PAGE_SIZE - 13) for i in range(pages))
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("how", ["restored", "discarded"])
+def test_a_consumed_image_loses_its_handoff_and_trailer(tmp_path, how):
+    """Issue 16.14: RESTORED or DISCARDED zeroes the handoff (map, identity) and the trailer at once."""
+    mem = tmp_path / "ram"
+    secret_memory(mem, 64)
+    img, sb = save_image(tmp_path, mem, MemoryMap.from_ranges([Range(0, 64 * PAGE_SIZE)]), chunk_pages=16)
+    trailer_at = DATA_OFFSET + sb.stream_bytes
+    assert any(img.read_bytes()[HANDOFF_OFFSET:HANDOFF_OFFSET + ALIGN])
+    if how == "restored":
+        dest = tmp_path / "dest"
+        dest.write_bytes(bytes(64 * PAGE_SIZE))
+        restore_into(img, dest)
+    else:
+        with ImageTarget.open(str(img)) as target:
+            image.discard(target, "test")
+    data = img.read_bytes()
+    assert not any(data[HANDOFF_OFFSET:DATA_OFFSET])
+    assert not any(data[trailer_at:trailer_at + ALIGN])
+    with ImageTarget.open(str(img), writable=False) as target:
+        info = image.describe(target)
+    assert info["state"] == how.upper() and "problem" not in info
+
+
+def test_wipe_overwrites_every_page_of_a_saved_image(tmp_path):
+    """Issue 16.14: after wipe() no stored page is left on the target."""
+    mem = tmp_path / "ram"
+    secret_memory(mem, 96)
+    img, _ = save_image(tmp_path, mem, MemoryMap.from_ranges([Range(0, 96 * PAGE_SIZE)]), chunk_pages=8)
+    assert img.read_bytes().count(b"SECRET-") == 96
+    with ImageTarget.open(str(img)) as target:
+        with pytest.raises(ImageError, match="discard it before wiping"):
+            image.wipe(target)
+        assert img.read_bytes().count(b"SECRET-") == 96
+        image.discard(target, "done with it")
+        wiped = image.wipe(target)
+    assert img.read_bytes().count(b"SECRET-") == 0
+    assert wiped.wiped_ns > 0 and wiped.state == State.DISCARDED
+
+
+def test_wipe_finds_the_chunks_of_an_interrupted_save(tmp_path):
+    """An interrupted save records no stream length: wipe() walks the chunk headers B did write."""
+    mem = tmp_path / "ram"
+    pages = 4096                        # 16 MiB stored raw: more than one of the writer's 8 MiB blocks
+    secret_memory(mem, pages)
+    memmap = MemoryMap.from_ranges([Range(0, pages * PAGE_SIZE)])
+    img = tmp_path / "image"
+
+    class Dies(FileMemory):
+        def read(self, address, length):
+            if address >= 3 * pages // 4 * PAGE_SIZE:
+                raise OSError("power cut")
+            return super().read(address, length)
+
+    with ImageTarget.create(str(img), image.required_capacity(memmap)) as target:
+        with pytest.raises(OSError):
+            image.save(Dies(str(mem)), target, handoff_for(memmap, Compression.NONE), workers=1)
+        image.discard(target, "the save failed")
+        assert image.read_superblock(target).stream_bytes == 0
+        assert img.read_bytes().count(b"SECRET-") >= 2048
+        image.wipe(target)
+    assert img.read_bytes().count(b"SECRET-") == 0

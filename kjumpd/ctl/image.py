@@ -1,8 +1,11 @@
-"""``kjumpctl image``: write, verify, restore and inspect hibernation images by hand.
+"""``kjumpctl image``: write, verify, restore, inspect and wipe hibernation images by hand.
 
 These work on files as well as devices, so an image can be examined on
-another machine, and the engine can be exercised without a jump.
-Exit codes: 0 success, 1 image invalid or corrupt (reason on stderr), 2 usage.
+another machine, and the engine can be exercised without a jump. A device
+(or existing file) must be a kjumpd target (``kjumpctl target init``); a new
+file is created as one.
+Exit codes: 0 success, 1 image invalid or corrupt, or bad input (one line on
+stderr), 2 usage.
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import platform
 import sys
 import time
 import uuid
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from .. import image
 from ..errors import FormatError, ImageError
 from ..format import Compression, Handoff, Identity
 from ..memmap import MemoryMap, Range, layout_fingerprint, parse_iomem, parse_ranges
 from ..physmem import DevMem, FileMemory, PhysicalMemory
-from ..target import ImageTarget
+from ..target import ImageTarget, TargetExistsError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -68,11 +72,20 @@ def host_identity(ram: list[Range]) -> Identity:
 
 
 def load_map(spec: str) -> list[Range]:
-    """``--map``: a file in /proc/iomem format, or ranges ``START-END,...``."""
-    if os.path.exists(spec):
+    """``--map``: a file in /proc/iomem format, or ranges ``START-END,...``; FormatError when bad."""
+    if not os.path.exists(spec):
+        return parse_ranges(spec)
+    try:
         with open(spec, encoding="ascii") as handle:
-            return parse_iomem(handle.read())
-    return parse_ranges(spec)
+            text = handle.read()
+    except OSError as exc:
+        raise FormatError(f"cannot read the memory map {spec}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise FormatError(f"the memory map {spec} is not text in /proc/iomem format") from None
+    try:
+        return parse_iomem(text)
+    except FormatError as exc:
+        raise FormatError(f"the memory map {spec}: {exc}") from None
 
 
 def _fail(message: str) -> int:
@@ -81,13 +94,40 @@ def _fail(message: str) -> int:
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn image and format errors into exit code 1 with the reason on stderr."""
+    """Turn image, format and operating-system errors into exit code 1 with one line on stderr."""
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
         except (ImageError, FormatError) as exc:
             return _fail(str(exc))
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return _fail(f"{where}{exc.strerror or exc}")
     return run
+
+
+@contextmanager
+def _new_file(path: str) -> Iterator[bool]:
+    """Create ``path`` (mode 0600, never through a symbolic link) unless it exists; yields whether it did.
+
+    A file created here is removed again when the block fails: a refused
+    command leaves nothing behind.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        created = True
+    except FileExistsError:
+        created = False
+    except OSError as exc:
+        raise ImageError(f"cannot create {path}: {exc.strerror}") from None
+    if not created:
+        yield False
+        return
+    try:
+        yield True
+    except BaseException:
+        os.unlink(path)
+        raise
 
 
 def _open_source(path: str, ram: list[Range] | None) -> tuple[PhysicalMemory, list[Range]]:
@@ -101,6 +141,20 @@ def _open_source(path: str, ram: list[Range] | None) -> tuple[PhysicalMemory, li
     return memory, ram
 
 
+def _open_image(path: str, offset: int, size: int) -> tuple[ImageTarget, bool]:
+    """An existing target at ``path`` (it must be kjumpd's), or a new image file of ``size`` bytes.
+
+    Returns the target and whether it was created. Creating is tried first
+    (``O_EXCL``), so nothing can slip in between a look and the create.
+    """
+    if offset == 0:
+        try:
+            return ImageTarget.create(path, size), True
+        except TargetExistsError:
+            pass
+    return ImageTarget.open(path, offset=offset), False
+
+
 @_guarded
 def cmd_write(args: argparse.Namespace) -> int:
     """kjumpctl image write SOURCE IMAGE."""
@@ -110,9 +164,14 @@ def cmd_write(args: argparse.Namespace) -> int:
         memmap = MemoryMap.from_ranges(ram)
         handoff = Handoff(host_identity(ram), args.restart_point, Compression.parse(args.compress), 0, 0, 0, 0,
                           memmap, created_ns=time.time_ns())
-        create = image.required_capacity(memmap) if not os.path.exists(args.image) else None
-        with ImageTarget.open(args.image, offset=args.offset, create_size=create) as target:
-            sb = image.save(source, target, handoff, progress=ProgressBar())
+        target, created = _open_image(args.image, args.offset, image.required_capacity(memmap))
+        try:
+            with target:
+                sb = image.save(source, target, handoff, progress=ProgressBar())
+        except BaseException:
+            if created:
+                os.unlink(args.image)
+            raise
     print(f"{args.image}: saved {sb.pages_total * 4096 >> 20} MiB of memory "
           f"({sb.pages_zero} zero pages) as a {sb.image_bytes >> 20} MiB {sb.compression.label} image "
           f"in {sb.save_duration_ns / 1e9:.2f} s")
@@ -131,17 +190,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_restore(args: argparse.Namespace) -> int:
-    """kjumpctl image restore IMAGE DEST: verify, then write the pages into DEST."""
-    with ImageTarget.open(args.image, offset=args.offset) as target:
-        if not os.path.exists(args.dest):
-            # Verify before creating anything, so a bad image leaves no file behind.
+    """kjumpctl image restore IMAGE DEST: verify, then write the pages into DEST.
+
+    A missing DEST is created with mode 0600 (it will hold RAM), never
+    through a symbolic link, and removed again if the restore is refused.
+    """
+    expect_ram = load_map(args.map) if args.map else None
+    with ImageTarget.open(args.image, offset=args.offset) as target, _new_file(args.dest) as created:
+        if created:
             image.verify(target)
             handoff, _ = image.read_handoff(target)
-            with open(args.dest, "wb") as handle:
-                handle.truncate(max(r.end for r in handoff.memmap.ranges()))
+            os.truncate(args.dest, max((r.end for r in handoff.memmap.ranges()), default=0))
         expect = None
-        if args.map:
-            expect_ram = load_map(args.map)
+        if expect_ram is not None:
             sb = image.read_superblock(target)
             expect = Identity(sb.identity.boot_id, sb.identity.machine_id, sb.identity.kernel_release,
                               layout_fingerprint(expect_ram), sb.identity.machine_fingerprint)
@@ -154,6 +215,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def _human(info: dict[str, object]) -> str:
     lines = [f"{'Target':>16}: {info['target']} (offset {info['offset']}, capacity {info['capacity']} bytes)",
+             f"{'Target UUID':>16}: {info['target_uuid']}",
              f"{'State':>16}: {info['state']}"]
     if "problem" in info:
         lines.append(f"{'Problem':>16}: {info['problem']}")
@@ -172,6 +234,7 @@ def _human(info: dict[str, object]) -> str:
         ("B region", "{:#x}+{:#x}".format(*info["region"])),
         ("Written", f"{when(info['saved_ns'])} in {info['save_seconds']:.2f} s"),
         ("Restored", f"{when(info['restored_ns'])}" if info["restored_ns"] else "-"),
+        ("Wiped", when(info["wiped_ns"])),
     ]
     if info.get("reason"):
         rows.append(("Reason", info["reason"]))
@@ -188,9 +251,30 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_INVALID if info["state"] == "INVALID" or "problem" in info else EXIT_OK
 
 
+@_guarded
+def cmd_wipe(args: argparse.Namespace) -> int:
+    """kjumpctl image wipe IMAGE: overwrite what a consumed image left (its chunk stream holds RAM)."""
+    with ImageTarget.open(args.image, offset=args.offset) as target:
+        sb = image.wipe(target, progress=ProgressBar())
+    print(f"{args.image}: overwrote what the last image wrote ({sb.image_bytes >> 20} MiB); "
+          f"state {sb.state.name}")
+    return EXIT_OK
+
+
+def offset_argument(text: str) -> int:
+    """``--offset``: a byte offset, a non-negative multiple of 4096 (decimal or 0x…)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0 or value % 4096:
+        raise argparse.ArgumentTypeError(f"{value} is not a non-negative multiple of 4096")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``kjumpctl image …``."""
-    parser = sub.add_parser("image", help="write, verify, restore or inspect a hibernation image",
+    parser = sub.add_parser("image", help="write, verify, restore, inspect or wipe a hibernation image",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
 
@@ -219,5 +303,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = add("inspect", cmd_inspect, "show what IMAGE holds")
     i.add_argument("image", metavar="IMAGE")
     i.add_argument("--json", action="store_true", help="print JSON")
-    for p in (w, v, r, i):
-        p.add_argument("--offset", type=int, default=0, help="byte offset of the image in IMAGE (default 0)")
+    x = add("wipe", cmd_wipe, "overwrite with zeros what a restored or discarded image left on IMAGE")
+    x.add_argument("image", metavar="IMAGE")
+    for p in (w, v, r, i, x):
+        p.add_argument("--offset", type=offset_argument, default=0,
+                       help="byte offset of the image in IMAGE, a multiple of 4096 (default 0)")

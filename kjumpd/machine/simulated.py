@@ -41,6 +41,7 @@ from ..errors import ImageError, MachineError
 from ..kexec import LoadSpec, check_files
 from ..memmap import Range
 from ..physmem import FileMemory, PhysicalMemory
+from ..target import ImageTarget
 from .base import Fingerprint, Machine, MachineLostError
 
 MACHINE_FILE = "machine.json"
@@ -171,8 +172,8 @@ class SimulatedMachine(Machine):
                boot_parameters: str | None = None) -> "SimulatedMachine":
         """Make a powered-on simulated machine in ``path`` (created if missing) and return it.
 
-        The image target ``disk.img`` defaults to the RAM size plus 8 MiB; the
-        hibernate kernel and initramfs are placeholder files (nothing boots them).
+        The image target ``disk.img`` defaults to the RAM size plus 8 MiB and is
+        initialised as a kjumpd target; the hibernate kernel and initramfs are placeholder files (nothing boots them).
         ``boot_parameters`` (what every boot's command line carries) default to
         naming that target, kernel and initramfs for the resume hook.
         """
@@ -197,6 +198,8 @@ class SimulatedMachine(Machine):
             handle.truncate(ram_size)
         with open(os.path.join(path, TARGET_FILE), "wb") as handle:
             handle.truncate(target_size if target_size is not None else ram_size + (8 << 20))
+        with ImageTarget.open_unclaimed(os.path.join(path, TARGET_FILE)) as target:
+            target.initialise()         # as `kjumpctl target init` does on a real machine
         for name in (KERNEL_FILE, INITRD_FILE):
             with open(os.path.join(path, name), "w", encoding="ascii") as handle:
                 handle.write("placeholder: the simulated machine runs kjumpd's programs, not a kernel\n")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from kjumpd.target import ImageTarget
 from vm_qemu import Agent, Boot, VMConfig, VMError
 import vm_rootfs
 
@@ -126,6 +127,8 @@ def run(vm_kernel, vm_workdir, vm_logdir, ladder):
         image = vm_workdir / "image.img"
         with open(image, "wb") as f:
             f.truncate(IMAGE_DISK_SIZE)
+        with ImageTarget.open_unclaimed(str(image)) as target:
+            target.initialise()         # kjumpctl target init: the guest's kjumpd accepts only its own target
         rung.note += f", root fs {vm_rootfs.tree_size(stage) / 2**20:.0f} MiB staged"
     cfg = VMConfig(kernel=vm_kernel, root_disk=root, image_disk=image, logdir=vm_logdir, memory=MEM, smp=SMP,
                    append=f"kjump.resume=/dev/vdb kjvm.workdir={WORKDIR} kjvm.cstage={CSTAGE}",
