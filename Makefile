@@ -48,7 +48,7 @@ deps: $(VENV)/.runtime-stamp
 test-deps: $(VENV)/.test-stamp
 
 demo: $(VENV)/.test-stamp
-	$(PY) -m kjumpd.demo
+	$(PY) -m kjumpd.host.demo
 
 bench: $(VENV)/.test-stamp
 	$(PY) bench/image.py

@@ -23,3 +23,27 @@ class RefusedError(KjumpError):
 
 class MachineError(KjumpError):
     """The machine (kexec, power states, devices) failed an operation."""
+
+
+# The daemon's refusals of a request; each has a public D-Bus error name in
+# kjumpd.api.ERROR_NAMES (a table, so renaming a class cannot change the API).
+
+
+class Busy(KjumpError):
+    """Another hibernation or preparation is running."""
+
+
+class NotReady(KjumpError):
+    """Hibernation is not possible now; the message lists the problems."""
+
+
+class InvalidRestartPoint(KjumpError):
+    """The restart point is not one the daemon supports."""
+
+
+class InvalidOption(KjumpError):
+    """An option of HibernateWithOptions is unknown or has the wrong type."""
+
+
+class NotRunning(KjumpError):
+    """Cancel was asked while no hibernation runs."""

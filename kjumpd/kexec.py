@@ -23,8 +23,8 @@ import ctypes
 import os
 import shlex
 import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 from .errors import MachineError
 from .memmap import DEFAULT_LOW, PAGE_SIZE, Range, normalise, subtract
@@ -59,7 +59,7 @@ ROLES = (ROLE_SAVE, ROLE_RESTORE)
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
-def run_command(argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
+def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing its output as text; the default runner."""
     return subprocess.run(list(argv), capture_output=True, text=True, check=False)
 
@@ -187,7 +187,7 @@ def unload_argv() -> list[str]:
     return [KEXEC, "-u"]
 
 
-def _check(result: "subprocess.CompletedProcess[str]", what: str) -> None:
+def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
     if result.returncode != 0:
         detail = (result.stderr or result.stdout or "").strip() or f"exit status {result.returncode}"
         raise MachineError(f"{what} failed: {detail}")
@@ -213,7 +213,7 @@ def unload(runner: Runner = run_command) -> None:
     _check(runner(unload_argv()), "kexec unload")
 
 
-def execute(runner: Runner = run_command) -> "subprocess.CompletedProcess[str]":
+def execute(runner: Runner = run_command) -> subprocess.CompletedProcess[str]:
     """Run ``kexec -e -x`` and return its result.
 
     Its exit status means nothing: after a successful round trip it is 255 and

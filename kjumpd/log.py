@@ -38,7 +38,8 @@ def setup(identifier: str = "kjumpd", level: int = logging.INFO, *, use_journal:
     else:
         handler = logging.StreamHandler(sys.stderr)
         # Under systemd, stderr goes to the journal, which adds its own time stamps.
-        fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(name)s %(levelname)s %(message)s"
+        fmt = ("%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM")
+               else "%(asctime)s %(name)s %(levelname)s %(message)s")
         handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -17,8 +17,8 @@ import hashlib
 import itertools
 import os
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 from .errors import FormatError
 
@@ -89,17 +89,17 @@ def parse_firmware_memmap(root: str) -> list[Range]:
     files; type ``System RAM`` is usable.
     """
     base = os.path.join(root, "sys/firmware/memmap")
+
+    def field(path: str, name: str) -> str:
+        with open(os.path.join(path, name), encoding="ascii") as handle:
+            return handle.read().strip()
+
     ranges = []
     for entry in os.listdir(base):
         path = os.path.join(base, entry)
-
-        def field(name: str) -> str:
-            with open(os.path.join(path, name), encoding="ascii") as handle:
-                return handle.read().strip()
-
-        if field("type") == "System RAM":
+        if field(path, "type") == "System RAM":
             try:
-                ranges.append(Range(int(field("start"), 16), int(field("end"), 16) + 1))
+                ranges.append(Range(int(field(path, "start"), 16), int(field(path, "end"), 16) + 1))
             except ValueError:
                 raise FormatError(f"firmware memory map entry {path} is not a valid range") from None
     return normalise(ranges)
@@ -198,7 +198,7 @@ class MemoryMap:
         self._total = self._firsts[-1] + merged[-1].count if merged else 0
 
     @classmethod
-    def from_ranges(cls, ranges: Iterable[Range]) -> "MemoryMap":
+    def from_ranges(cls, ranges: Iterable[Range]) -> MemoryMap:
         """Build a map of the whole pages inside byte ranges."""
         extents = []
         for r in ranges:

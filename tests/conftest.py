@@ -10,9 +10,10 @@ with a custom configuration, ``connect``, ``wait_for``…) are in dbus_testing.p
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+
 from dbus_testing import FakeHibernator, InProcessDaemon, Mock, spawn_mock, start_dbus_daemon, stop_mock
 
 
@@ -49,8 +50,27 @@ def fake_hibernator() -> FakeHibernator:
 @pytest.fixture
 def kjumpd_service(system_bus: str, polkitd: Mock, logind: Mock, fake_hibernator: FakeHibernator) -> Iterator[InProcessDaemon]:
     """kjumpd serving org.kjump.Hibernate1 on ``system_bus`` with the fake hibernator."""
-    from kjumpd.config import Config
+    from kjumpd.daemon.config import Config
 
     daemon = InProcessDaemon(system_bus, fake_hibernator, Config(image_target="/var/lib/kjump/image"))
     yield daemon
     daemon.stop()
+
+
+#: modules whose tests build or install the Debian package
+PACKAGE_MODULES = {"test_packaging.py"}
+#: fixtures that bring up a dbus-daemon (the others build on these)
+BUS_FIXTURES = {"system_bus", "policy_bus"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test its tier (pyproject.toml lists them): package, bus, or unit for the rest."""
+    for item in items:
+        if item.get_closest_marker("vm") or item.get_closest_marker("system"):
+            continue
+        if item.path.name in PACKAGE_MODULES:
+            item.add_marker(pytest.mark.package)
+        elif BUS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.bus)
+        else:
+            item.add_marker(pytest.mark.unit)

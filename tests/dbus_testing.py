@@ -13,9 +13,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PYTHON = sys.executable
 
@@ -129,7 +130,7 @@ def stop_mock(mock: Mock) -> None:
 
 @dataclass
 class FakeResult:
-    """Has the fields and ``as_dict`` of kjumpd.hibernator.HibernateResult."""
+    """Has the fields and ``as_dict`` of kjumpd.daemon.hibernator.HibernateResult."""
 
     restart_point: str
     success: bool
@@ -208,7 +209,7 @@ class InProcessDaemon:
 
     With a ``hibernator`` (a FakeHibernator) the manager drives it and has no
     device tracker. With ``hibernator=None`` the daemon is built as ``kjumpd``
-    builds it (``daemon.make_manager``): the real Hibernator on the machine the
+    builds it (``kjumpd.daemon.main.make_manager``): the real Hibernator on the machine the
     configuration names, and the udev device tracker watching on the daemon's
     main context.
     """
@@ -246,14 +247,14 @@ class InProcessDaemon:
         return box[0]
 
     def _run(self) -> None:
-        from kjumpd import daemon, dbus_service
+        from kjumpd.daemon import dbus_service, main, manager
 
         self.context.push_thread_default()
         try:
             if self.hibernator is None:
-                self.manager = daemon.make_manager(self.config, self.schedule)
+                self.manager = main.make_manager(self.config, self.schedule)
             else:
-                self.manager = daemon.Manager(self.config, lambda config, participants: self.hibernator,
+                self.manager = manager.Manager(self.config, lambda config, participants: self.hibernator,
                                               self.schedule)
             self.service = dbus_service.Service.start(self.manager, self.address)
         except BaseException as exc:  # reported to the test thread

@@ -15,7 +15,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
@@ -72,7 +73,7 @@ def test_every_page_is_of_its_kind(small: sample.Sample) -> None:
             assert all(page == sample.pattern_page(run.pattern) for page in pages)
         else:
             assert len(run.sources) == run.count
-            for page, (path, index) in zip(pages, run.sources):
+            for page, (path, index) in zip(pages, run.sources, strict=False):
                 with open(path, "rb") as source:
                     head = source.read(4)
                     source.seek(index * PAGE)
@@ -132,7 +133,7 @@ def test_parse_size_refuses(text: str) -> None:
        .filter(any))
 def test_page_counts_add_up_and_stay_within_a_page(pages: int, weights: list[int]) -> None:
     total = sum(weights)
-    mix = {kind: 100 * w / total for kind, w in zip(sample.KINDS, weights)}
+    mix = {kind: 100 * w / total for kind, w in zip(sample.KINDS, weights, strict=False)}
     counts = sample.page_counts(pages, sample.validate_mix(mix))
     assert sum(counts.values()) == pages
     for kind in sample.KINDS:

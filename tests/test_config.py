@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kjumpd.config import Config, ConfigError, load, parse_size
+from kjumpd.daemon.config import Config, ConfigError, load, parse_size
 
 
 def write(directory: Path, name: str, text: str) -> Path:

@@ -8,7 +8,6 @@ import sys
 import threading
 
 from dbus_testing import FakeHibernator, InProcessDaemon, Mock, connect
-
 from kjumpd.ctl import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
 HIBERNATE, MANAGE = "org.kjump.hibernate", "org.kjump.manage"

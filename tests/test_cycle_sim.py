@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from kjumpd import image
+from kjumpd.daemon.hibernator import HibernateResult, HibernateSettings, Hibernator
 from kjumpd.errors import RefusedError
 from kjumpd.format import DATA_OFFSET, RESULT_FAILED, ChunkHeader, Compression, Handoff, State
-from kjumpd.hibernator import HibernateResult, HibernateSettings, Hibernator
 from kjumpd.machine import MachineLostError
 from kjumpd.machine.simulated import SimulatedMachine
 from kjumpd.memmap import DEFAULT_LOW, Range, choose_region, save_map
@@ -366,7 +366,8 @@ def test_consumed_image_is_not_resumed_again(machine: SimulatedMachine) -> None:
 def test_parked_b_entered_again_saves_afresh(machine: SimulatedMachine, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a real machine B stays parked after its jump back; A's next jump returns from
     B's jump_back and B must read the new handoff and save again."""
-    from kjumpd import savekernel
+    from kjumpd.boot import common as boot_common
+    from kjumpd.boot import save
 
     h = hibernator(machine)
     h.stage()
@@ -393,10 +394,10 @@ def test_parked_b_entered_again_saves_afresh(machine: SimulatedMachine, monkeypa
     with ImageTarget.open(machine.target_path) as target:
         image.write_handoff(target, Handoff(machine.identity(), "resume", Compression.NONE, region.start,
                                             region.size, low.start, low.size, save_map(ram, region, low), 7))
-    monkeypatch.setattr(savekernel, "machine_from_command_line",
+    monkeypatch.setattr(boot_common, "machine_from_command_line",
                         lambda params, kernel: ParkedB(machine.path, kernel="B"))
     with pytest.raises(Done):
-        savekernel.main(["--cmdline", f"{spec_line} kexec_jump_back_entry=0x2000fb"])
+        save.main(["--cmdline", f"{spec_line} kexec_jump_back_entry=0x2000fb"])
     assert jumps == [0x2000FB, 0x2000FB]
     sb = superblock(machine)
     assert sb.state == State.SAVED and sb.restart_point == "suspend", "the second save used the new handoff"

@@ -1,7 +1,7 @@
 """Issue 5's acceptance: kjumpd under umockdev, with fake block, memory and USB devices.
 
 kjumpd runs in this process (``InProcessDaemon`` with ``hibernator=None``:
-``daemon.make_manager``, as the ``kjumpd`` command builds it) with the real
+``kjumpd.daemon.main.make_manager``, as the ``kjumpd`` command builds it) with the real
 Hibernator on a simulated machine and the real udev ``DeviceTracker``, on a
 private bus. The process runs under ``umockdev-wrapper``, so libudev and every
 /sys path the tracker reads are umockdev's test bed (``test_devices.Bed``),
@@ -18,18 +18,19 @@ the errors of ``Hibernate``, the ``Resumed`` and ``DevicesChanged`` signals.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-from dbus_testing import InProcessDaemon, Mock, Signals, connect, wait_for
 from gi.repository import GLib
 from test_cycle_sim import events
 from test_dbus_daemon import NAME, PATH, write_config
 from test_devices import Bed, bed, pytestmark, system_disk, usb_stick  # noqa: F401  (fixture, skip mark)
 
-from kjumpd import config as configmod
-from kjumpd import devices
+from dbus_testing import InProcessDaemon, Mock, Signals, connect, wait_for
+from kjumpd.daemon import config as configmod
+from kjumpd.daemon import devices
 from kjumpd.machine.simulated import SimulatedMachine
 
 STICK_PROBLEM = ("/media/stick is mounted writable from /dev/sdc1 and sdc is removable: "

@@ -10,9 +10,9 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from dbus_testing import FakeHibernator, InProcessDaemon, Mock, connect, wait_for
 from gi.repository import GLib
 
+from dbus_testing import FakeHibernator, InProcessDaemon, Mock, connect, wait_for
 from kjumpd.format import RESTART_POINTS
 
 NAME, PATH, IFACE = "org.kjump.Hibernate1", "/org/kjump/Hibernate1", "org.kjump.Hibernate1"
@@ -296,7 +296,7 @@ def test_inhibitor_released_at_once_when_already_staged(kjumpd_service: InProces
 
 def test_second_daemon_cannot_take_the_name(kjumpd_service: InProcessDaemon, system_bus: str,
                                             fake_hibernator: FakeHibernator) -> None:
-    from kjumpd.config import Config
+    from kjumpd.daemon.config import Config
 
     with pytest.raises(Exception, match="another process owns it"):
         InProcessDaemon(system_bus, fake_hibernator, Config())

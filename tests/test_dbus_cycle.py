@@ -15,10 +15,10 @@ import sys
 from typing import Any
 
 import pytest
-from dbus_testing import Mock, Signals, connect, wait_for
 from test_cycle_sim import events, superblock
 from test_dbus_daemon import NAME, PATH, Daemon, kjumpd_process, machine  # noqa: F401  (fixtures)
 
+from dbus_testing import Mock, Signals, connect, wait_for
 from kjumpd.ctl import EXIT_FAILED
 from kjumpd.format import DATA_OFFSET, State
 from kjumpd.machine.simulated import SimulatedMachine

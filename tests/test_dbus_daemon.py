@@ -17,12 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from dbus_testing import Mock, connect, wait_for
 
+from dbus_testing import Mock, connect, wait_for
 from kjumpd.ctl import EXIT_FAILED, EXIT_OK
 from kjumpd.machine.simulated import SimulatedMachine
 
@@ -138,6 +138,22 @@ def test_sighup_rereads_the_configuration_and_keeps_it_when_broken(kjumpd_proces
     assert f"{dropins / '50-broken.conf'}:2" in line and "'nap'" in line
     assert obj.DefaultRestartPoint == "reboot"
     assert kjumpd_process.process.poll() is None
+
+
+def test_documented_error_names_when_started_with_python_m(kjumpd_process: Daemon, system_bus: str) -> None:
+    """``python -m kjumpd.daemon`` (how this fixture starts it) answers with the documented names.
+
+    The daemon module was once loaded twice under ``-m`` (as ``__main__`` and as
+    ``kjumpd.daemon``), so its refusals were not the classes the bus binding
+    knew and every one of them became ``Error.Failed``.
+    """
+    from gi.repository import GLib
+
+    proxy = connect(system_bus).get(NAME, PATH)
+    with pytest.raises(GLib.Error, match=r"org\.kjump\.Hibernate1\.Error\.InvalidRestartPoint"):
+        proxy.Hibernate("no-such-point")
+    with pytest.raises(GLib.Error, match=r"org\.kjump\.Hibernate1\.Error\.InvalidOption"):
+        proxy.HibernateWithOptions("", {"no-such-option": GLib.Variant("b", True)})
 
 
 def test_sigterm_stops_and_releases_the_name(kjumpd_process: Daemon, system_bus: str) -> None:

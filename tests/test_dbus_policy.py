@@ -13,10 +13,11 @@ import shutil
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+
 from dbus_testing import FakeHibernator, InProcessDaemon, Mock, spawn_mock, start_dbus_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ def strict_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 @pytest.fixture
 def strict_service(strict_bus: str, fake_hibernator: FakeHibernator) -> Iterator[tuple[InProcessDaemon, Mock]]:
-    from kjumpd.config import Config
+    from kjumpd.daemon.config import Config
 
     polkit = spawn_mock(strict_bus, "polkitd")
     daemon = InProcessDaemon(strict_bus, fake_hibernator, Config())
@@ -71,13 +72,13 @@ def as_nobody(address: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_policy_and_actions_are_well_formed_and_match_the_code() -> None:
-    from kjumpd import dbus_service
+    from kjumpd import api
 
     policy = ET.parse(POLICY).getroot()
     owners = [(p.get("user"), a.get("own")) for p in policy.iter("policy") for a in p.iter("allow") if a.get("own")]
-    assert owners == [("root", dbus_service.BUS_NAME)]
+    assert owners == [("root", api.BUS_NAME)]
     actions = {a.get("id") for a in ET.parse(ACTIONS).getroot().iter("action")}
-    assert actions == {dbus_service.ACTION_HIBERNATE, dbus_service.ACTION_MANAGE}
+    assert actions == {api.ACTION_HIBERNATE, api.ACTION_MANAGE}
 
 
 def test_nobody_cannot_own_the_name(strict_bus: str) -> None:

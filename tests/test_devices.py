@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -27,9 +27,9 @@ pytestmark = pytest.mark.skipif("libumockdev-preload" not in os.environ.get("LD_
 gi.require_version("UMockdev", "1.0")
 from gi.repository import GLib, UMockdev  # noqa: E402
 
-from kjumpd import devices  # noqa: E402
 from kjumpd.ctl import main as kjumpctl  # noqa: E402
-from kjumpd.devices import DeviceTracker  # noqa: E402
+from kjumpd.daemon import devices  # noqa: E402
+from kjumpd.daemon.devices import DeviceTracker  # noqa: E402
 from kjumpd.errors import MachineError, RefusedError  # noqa: E402
 
 
@@ -94,7 +94,7 @@ class Bed:
 class Kernel:
     """Does what the kernel does on bind/unbind writes: the driver link goes away or comes back.
 
-    Wraps kjumpd.devices._write_sysfs (the real write still lands in the test
+    Wraps kjumpd.daemon.devices._write_sysfs (the real write still lands in the test
     bed) and records every write in order.
     """
 
@@ -109,7 +109,7 @@ class Kernel:
         driver_dir, op = os.path.split(path)
         self.writes.append((os.path.basename(driver_dir), op, value))
         real_driver_dir = self.bed.real(driver_dir)
-        for root, dirs, _ in os.walk(os.path.join(self.bed.sys_dir, "devices")):
+        for root, _dirs, _ in os.walk(os.path.join(self.bed.sys_dir, "devices")):
             if os.path.basename(root) == value:
                 link = os.path.join(root, "driver")
                 if op == "unbind":
@@ -606,7 +606,7 @@ def test_kjumpctl_devices(bed: Bed, capsys: pytest.CaptureFixture[str], tmp_path
 
 def test_debug_log_names_events(bed: Bed, tracker_factory, main_context, caplog: pytest.LogCaptureFixture) -> None:
     tracker_factory("")
-    with caplog.at_level(logging.DEBUG, logger="kjumpd.devices"):
+    with caplog.at_level(logging.DEBUG, logger="kjumpd.daemon.devices"):
         bed.block("sdz", (8, 240))
         pump(main_context)
     assert "udev: add block /devices/sdz" in caplog.text
@@ -618,7 +618,7 @@ def test_debug_log_names_events(bed: Bed, tracker_factory, main_context, caplog:
 @pytest.fixture
 def simulated(tmp_path: Path, bed: Bed):
     """A simulated machine whose image file lies on the test bed's sda1 (per the test's mount table)."""
-    from kjumpd.hibernator import HibernateSettings, Hibernator
+    from kjumpd.daemon.hibernator import HibernateSettings, Hibernator
     from kjumpd.machine.simulated import SimulatedMachine
 
     machine = SimulatedMachine.create(str(tmp_path / "machine"), ram_size=16 << 20, cpus=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kjumpd.devices import mount_of, read_mountinfo
+from kjumpd.daemon.devices import mount_of, read_mountinfo
 from kjumpd.errors import MachineError
 
 
@@ -36,7 +36,7 @@ MOUNT_WATCH_SCRIPT = """
 import subprocess, sys
 import pyudev
 from gi.repository import GLib
-from kjumpd.devices import DeviceTracker
+from kjumpd.daemon.devices import DeviceTracker
 
 tracker = DeviceTracker("", context=pyudev.Context())
 tracker.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kjumpd.devices import UNBIND_PROPERTY
+from kjumpd.daemon.devices import UNBIND_PROPERTY
 
 RULES = Path(__file__).resolve().parent.parent / "packaging" / "udev" / "90-kjumpd.rules"
 # one udev rule token: KEY or KEY{attribute}, an operator, a double-quoted value

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kjumpd.daemon.hibernator import HibernateSettings, Hibernator
 from kjumpd.errors import RefusedError
-from kjumpd.hibernator import HibernateSettings, Hibernator
 from kjumpd.machine.simulated import SimulatedMachine
 
 

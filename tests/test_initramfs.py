@@ -1,4 +1,4 @@
-"""kjumpd.initramfs: the hibernate kernel's initramfs (B and R).
+"""kjumpd.host.initramfs: the hibernate kernel's initramfs (B and R).
 
 The archive is built into a temporary directory, listed with ``cpio``,
 unpacked, and its Python is run inside the unpacked tree with ``chroot``, so
@@ -9,7 +9,6 @@ what is tested is exactly what B and R get. Building needs the system Python
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import stat
@@ -18,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from kjumpd import initramfs
-from kjumpd.initramfs import InitramfsError
+from kjumpd import kexec
+from kjumpd.host import initramfs
+from kjumpd.host.initramfs import InitramfsError
 
-REAL_PKG = Path(initramfs.__file__).resolve().parent
+REAL_PKG = Path(initramfs.__file__).resolve().parent.parent
 NEEDS = [initramfs.DEFAULT_PYTHON, initramfs.DEFAULT_BUSYBOX, initramfs.DEFAULT_KEXEC]
 pytestmark = pytest.mark.skipif(
     not all(os.access(p, os.X_OK) for p in NEEDS) or shutil.which("cpio") is None,
@@ -32,7 +32,7 @@ needs_root = pytest.mark.skipif(not is_root, reason="unpacking device nodes and 
 
 STUB = '''"""stand-in program for the initramfs builder's own tests"""
 import mmap, struct
-from . import errors
+from .. import errors
 
 
 def main():
@@ -49,8 +49,8 @@ def _stub_package(tmp: Path) -> Path:
     do not depend on what the programs do)."""
     pkg = tmp / "pkgsrc" / "kjumpd"
     shutil.copytree(REAL_PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("savekernel.py", "restorekernel.py"):
-        (pkg / name).write_text(STUB)
+    for name in ("save.py", "restore.py"):
+        (pkg / "boot" / name).write_text(STUB)
     return pkg
 
 
@@ -96,8 +96,8 @@ def test_archive_is_gzip_newc_with_init(stub_build):
     assert entries["dev/console"].startswith("c")
     for path in ("usr/bin/busybox", "usr/sbin/kexec", "usr/bin/python3.11",
                  "usr/lib/kjumpd/jumpback.py", "usr/lib/python3/dist-packages/kjumpd/__init__.py",
-                 "usr/lib/python3/dist-packages/kjumpd/savekernel.py",
-                 "usr/lib/python3/dist-packages/kjumpd/restorekernel.py"):
+                 "usr/lib/python3/dist-packages/kjumpd/boot/save.py",
+                 "usr/lib/python3/dist-packages/kjumpd/boot/restore.py"):
         assert path in entries, path
     # merged /usr like the host, so ELF interpreters and #! lines resolve
     assert entries["bin"].startswith("l") and entries["lib64"].startswith("l")
@@ -119,7 +119,7 @@ def test_only_needed_stdlib_modules(stub_build):
     _, _, _, result = stub_build
     mods = set(result.python_modules)
     for needed in ("runpy", "mmap", "ctypes", "lz4.frame", "zstandard", "xxhash", "kjumpd.errors",
-                   "kjumpd.savekernel", "kjumpd.restorekernel"):
+                   "kjumpd.boot.save", "kjumpd.boot.restore"):
         assert needed in mods, needed
     for unwanted in ("tkinter", "unittest", "pydoc", "asyncio", "email", "http", "gi", "pydbus"):
         assert unwanted not in mods, unwanted
@@ -128,16 +128,39 @@ def test_only_needed_stdlib_modules(stub_build):
     assert any(lib.endswith("libxxhash.so.0") for lib in result.libraries)
 
 
-def test_init_script_syntax_and_dispatch(stub_build):
+def test_init_script_syntax_and_dispatch(stub_build, tmp_path):
     _, _, out, _ = stub_build
-    init = initramfs.INIT_SCRIPT.replace("@SITE_DIR@", initramfs.SITE_DIR)
+    root = _unpack(out, tmp_path / "root")
+    init = (root / "init").read_text()
+    assert init.startswith("#!/bin/busybox sh\n") and os.access(root / "init", os.X_OK)
+    assert "@SITE_DIR@" not in init and f"PYTHONPATH={initramfs.SITE_DIR}" in init
     subprocess.run([initramfs.DEFAULT_BUSYBOX, "sh", "-n", "-c", init], check=True)
     assert "kjump.role=*" in init
-    assert "python3 -S -m $prog" in init
-    assert "save) prog=kjumpd.savekernel" in init and "restore) prog=kjumpd.restorekernel" in init
+    assert 'python3 -S -m "$prog"' in init
+    # every role's program is the boot module of that name
+    assert "save|restore) prog=kjumpd.boot.$role" in init
+    assert set(kexec.ROLES) == {"save", "restore"} and initramfs.ROLE_PROGRAMS == {
+        "save": "kjumpd.boot.save", "restore": "kjumpd.boot.restore"}
     # failure paths: save jumps back, restore reboots, unless the program said otherwise
     assert "save) next=jump-back" in init and "*) next=reboot" in init
-    compile(initramfs.JUMPBACK_SCRIPT, "jumpback.py", "exec")
+    compile((root / "usr/lib/kjumpd/jumpback.py").read_text(), "jumpback.py", "exec")
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing (packaging/deps/test.txt)")
+def test_init_script_passes_shellcheck():
+    subprocess.run(["shellcheck", str(REAL_PKG / "boot" / "init.sh")], check=True)
+
+
+def test_jumpback_constants_are_kexecs():
+    """The fallback cannot import kjumpd (it runs when kjumpd could not start): its numbers must match."""
+    namespace: dict = {"__name__": "jumpback"}
+    exec(compile((REAL_PKG / "boot" / "jumpback.py").read_text(), "jumpback.py", "exec"), namespace)
+    assert namespace["KEXEC_PRESERVE_CONTEXT"] == kexec.KEXEC_PRESERVE_CONTEXT
+    assert namespace["KEXEC_ARCH_X86_64"] == kexec.KEXEC_ARCH_X86_64
+    assert (namespace["MAGIC1"], namespace["MAGIC2"], namespace["CMD_KEXEC"]) == (
+        kexec.LINUX_REBOOT_MAGIC1, kexec.LINUX_REBOOT_MAGIC2, kexec.LINUX_REBOOT_CMD_KEXEC)
+    assert namespace["SYS_kexec_load"] == kexec.SYS_KEXEC_LOAD_X86_64
+    assert namespace["SYS_reboot"] == kexec.SYS_REBOOT_X86_64
 
 
 def test_deterministic(stub_build, tmp_path):
@@ -153,14 +176,14 @@ def test_python_runs_in_unpacked_tree(stub_build, tmp_path):
     root = _unpack(out, tmp_path / "root")
     assert stat.S_ISCHR((root / "dev/console").stat().st_mode)
     proc = _chroot_python(root, "-c", (
-        "import sys, kjumpd.savekernel, kjumpd.restorekernel, lz4.frame, zstandard, xxhash\n"
+        "import sys, kjumpd.boot.save, kjumpd.boot.restore, lz4.frame, zstandard, xxhash\n"
         "data = bytes(range(256)) * 64\n"
         "assert lz4.frame.decompress(lz4.frame.compress(data)) == data\n"
         "assert zstandard.ZstdDecompressor().decompress(zstandard.ZstdCompressor().compress(data)) == data\n"
         "print(xxhash.xxh3_64(data).hexdigest(), sys.prefix)"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[1] == "/usr"
-    proc = _chroot_python(root, "-m", "kjumpd.savekernel")
+    proc = _chroot_python(root, "-m", "kjumpd.boot.save")
     assert proc.returncode == 0, proc.stderr
     assert "KJUMP-STUB __main__" in proc.stdout
     proc = subprocess.run(["chroot", str(root), "/usr/sbin/kexec", "--version"],
@@ -175,9 +198,8 @@ def test_python_runs_in_unpacked_tree(stub_build, tmp_path):
 
 def test_missing_program_is_an_error(tmp_path):
     pkg = tmp_path / "kjumpd"
-    shutil.copytree(REAL_PKG, pkg, ignore=shutil.ignore_patterns("__pycache__", "savekernel.py",
-                                                                  "restorekernel.py"))
-    with pytest.raises(InitramfsError, match="kjumpd.savekernel"):
+    shutil.copytree(REAL_PKG, pkg, ignore=shutil.ignore_patterns("__pycache__", "save.py", "restore.py"))
+    with pytest.raises(InitramfsError, match="kjumpd.boot.save"):
         initramfs.build(str(tmp_path / "x.img"), package_dir=str(pkg), roles=("save",))
     assert not (tmp_path / "x.img").exists()
 
@@ -189,16 +211,13 @@ def test_unknown_role_and_missing_tools(tmp_path):
         initramfs.build(str(tmp_path / "x.img"), kexec="/nonexistent/kexec")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kjumpd.savekernel") is None
-                    or importlib.util.find_spec("kjumpd.restorekernel") is None,
-                    reason="kjumpd.savekernel / kjumpd.restorekernel not written yet")
 @needs_root
 def test_real_programs_import_in_unpacked_tree(tmp_path):
     out = tmp_path / "real.img"
     result = initramfs.build(str(out))
     root = _unpack(out, tmp_path / "root")
     proc = _chroot_python(root, "-c", (
-        "import kjumpd.savekernel, kjumpd.restorekernel, kjumpd.machine.real, hashlib\n"
+        "import kjumpd.boot.save, kjumpd.boot.restore, kjumpd.machine.real, hashlib\n"
         "print(hashlib.sha256(b'kjump').hexdigest())"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == hashlib.sha256(b"kjump").hexdigest()

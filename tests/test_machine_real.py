@@ -13,9 +13,18 @@ import pytest
 
 from kjumpd.errors import MachineError
 from kjumpd.kexec import LoadSpec, load_argv
-from kjumpd.machine.real import (FIFREEZE, FITHAW, SNAPSHOT_FREEZE, SNAPSHOT_PLATFORM_SUPPORT,
-                                 SNAPSHOT_POWER_OFF, SNAPSHOT_UNFREEZE, RealMachine, freeze_candidates,
-                                 parse_cpu_list, parse_mountinfo)
+from kjumpd.machine.real import (
+    FIFREEZE,
+    FITHAW,
+    SNAPSHOT_FREEZE,
+    SNAPSHOT_PLATFORM_SUPPORT,
+    SNAPSHOT_POWER_OFF,
+    SNAPSHOT_UNFREEZE,
+    RealMachine,
+    freeze_candidates,
+    parse_cpu_list,
+    parse_mountinfo,
+)
 from kjumpd.memmap import Range
 
 MOUNTINFO = """\
@@ -191,7 +200,7 @@ def test_suspend_to_ram_refused_without_mem(root: Path) -> None:
 
 
 def test_hibernator_stages_b_with_the_exact_command(root: Path, tmp_path: Path) -> None:
-    from kjumpd.hibernator import HibernateSettings, Hibernator
+    from kjumpd.daemon.hibernator import HibernateSettings, Hibernator
 
     kernel = tmp_path / "vmlinuz-kjump"
     initrd = tmp_path / "initrd-kjump.img"

@@ -5,8 +5,16 @@ import os
 import pytest
 
 from kjumpd.errors import FormatError
-from kjumpd.memmap import (MemoryMap, Range, choose_region, layout_fingerprint, parse_iomem,
-                           parse_ranges, read_system_ram, save_map)
+from kjumpd.memmap import (
+    MemoryMap,
+    Range,
+    choose_region,
+    layout_fingerprint,
+    parse_iomem,
+    parse_ranges,
+    read_system_ram,
+    save_map,
+)
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

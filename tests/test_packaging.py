@@ -348,7 +348,7 @@ def man_commands(page: Path) -> set[str]:
     commands: set[str] = set()
     section = ""
     lines = page.read_text().splitlines()
-    for previous, line in zip(lines, lines[1:]):
+    for previous, line in zip(lines, lines[1:], strict=False):
         if line.startswith(".SH"):
             section = line
         elif previous == ".TP" and section.endswith("COMMANDS"):

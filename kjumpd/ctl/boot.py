@@ -1,7 +1,7 @@
 """Boot-time commands of kjumpctl.
 
-``resume-check``: the early-boot resume hook (kernel C), see kjumpd.resumehook.
-``initramfs build``: the hibernate kernel's initramfs for B and R, see kjumpd.initramfs.
+``resume-check``: the early-boot resume hook (kernel C), see kjumpd.boot.resume.
+``initramfs build``: the hibernate kernel's initramfs for B and R, see kjumpd.host.initramfs.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import resumehook
+from ..boot import resume
 from . import EXIT_FAILED, EXIT_OK
 
 
 def _initramfs_build(args: argparse.Namespace) -> int:
     """Build the initramfs and print what went into it."""
-    from .. import initramfs   # builds need no D-Bus or udev; keep resume-check's imports small
+    from ..host import initramfs  # builds need no D-Bus or udev; keep resume-check's imports small
 
     try:
         result = initramfs.build(
@@ -29,15 +29,15 @@ def _initramfs_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``resume-check`` and ``initramfs build``."""
     parser = sub.add_parser(
         "resume-check",
         help="resume a hibernated system if a valid image is found (early boot)",
         description="Look for a hibernation image of this machine; if one is valid, load the restore "
                     "kernel and jump. Exits 0 whenever the normal boot should continue.")
-    resumehook.add_arguments(parser)
-    parser.set_defaults(func=resumehook.run)
+    resume.add_arguments(parser)
+    parser.set_defaults(func=resume.run)
 
     group = sub.add_parser("initramfs", help="build the hibernate kernel's initramfs",
                            description="Work with the initramfs of the hibernate kernel (B and R).")

@@ -15,26 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gi.repository import Gio, GLib
 
+from ..api import BUS_NAME, ERROR_ACCESS_DENIED, ERROR_INVALID_ARGS, ERROR_NAMES, INTERFACE, OBJECT_PATH
+from ..errors import InvalidOption, InvalidRestartPoint, NotReady
 from . import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
-BUS_NAME = "org.kjump.Hibernate1"
-OBJECT_PATH = "/org/kjump/Hibernate1"
-INTERFACE = "org.kjump.Hibernate1"
 CALL_TIMEOUT_MS = 5 * 60 * 1000  # covers a polkit password prompt; no call waits for a job
 
 # D-Bus error name -> exit code; anything else is EXIT_FAILED.
 _EXIT_FOR_ERROR = {
     "org.freedesktop.DBus.Error.ServiceUnknown": EXIT_UNAVAILABLE,
     "org.freedesktop.DBus.Error.NameHasNoOwner": EXIT_UNAVAILABLE,
-    "org.freedesktop.DBus.Error.AccessDenied": EXIT_DENIED,
-    "org.freedesktop.DBus.Error.InvalidArgs": EXIT_USAGE,
-    "org.kjump.Hibernate1.Error.NotReady": EXIT_UNAVAILABLE,
-    "org.kjump.Hibernate1.Error.InvalidRestartPoint": EXIT_USAGE,
-    "org.kjump.Hibernate1.Error.InvalidOption": EXIT_USAGE,
+    ERROR_ACCESS_DENIED: EXIT_DENIED,
+    ERROR_INVALID_ARGS: EXIT_USAGE,
+    ERROR_NAMES[NotReady]: EXIT_UNAVAILABLE,
+    ERROR_NAMES[InvalidRestartPoint]: EXIT_USAGE,
+    ERROR_NAMES[InvalidOption]: EXIT_USAGE,
 }
 _NOT_RUNNING = ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner")
 _BUSY_STATES = ("preparing", "hibernating")
@@ -106,7 +106,8 @@ class Client:
                 loop.quit()
 
         def vanished(*_: Any) -> None:
-            state.setdefault("error", CallFailed("lost kjumpd before the operation ended: it left the bus", EXIT_FAILED))
+            state.setdefault("error", CallFailed("lost kjumpd before the operation ended: it left the bus",
+                                                 EXIT_FAILED))
             loop.quit()
 
         subscription = self.con.signal_subscribe(BUS_NAME, "org.freedesktop.DBus.Properties", "PropertiesChanged",
@@ -240,7 +241,8 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the daemon subcommands to kjumpctl's parser."""
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, auth: bool = False) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str,
+            auth: bool = False) -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=help, description=help)
         if auth:
             parser.add_argument("--no-ask-password", dest="ask_password", action="store_false",

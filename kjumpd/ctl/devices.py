@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .. import config as configmod
+from ..daemon import config as configmod
 
 COLUMNS = ("role", "device", "state", "action")
 
@@ -22,12 +22,12 @@ def _table(entries: list[dict[str, object]]) -> str:
     """The entries as aligned columns, the last one unpadded."""
     rows = [[c.upper() for c in COLUMNS]] + [[str(e.get(c, "")) for c in COLUMNS] for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
-    return "\n".join("  ".join([cell.ljust(w) for cell, w in zip(r, widths)] + [r[-1]]) for r in rows)
+    return "\n".join("  ".join([cell.ljust(w) for cell, w in zip(r, widths, strict=False)] + [r[-1]]) for r in rows)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """Print the tracker's view, as a table or as JSON."""
-    from ..devices import DeviceTracker
+    from ..daemon.devices import DeviceTracker
 
     target = args.target if args.target is not None else configmod.load(args.config).image_target
     tracker = DeviceTracker(target)

@@ -7,7 +7,7 @@ the simulated one, the real machine when the parameter is absent.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..errors import MachineError
 from .base import Fingerprint, Machine, MachineLostError

@@ -17,8 +17,8 @@ import hashlib
 import logging
 import os
 import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from .. import kexec
 from ..errors import MachineError

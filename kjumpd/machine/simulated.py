@@ -14,8 +14,8 @@ Files in the directory:
 ``wake``          a FIFO: R (or a normal boot) tells a waiting A what happened
 ``region.saved``  A's contents of the B region while a kernel runs there
 
-A jump runs the B program (``python -m kjumpd.savekernel``) or the R program
-(``python -m kjumpd.restorekernel``) in a process, with the kernel command
+A jump runs the B program (``python -m kjumpd.boot.save``) or the R program
+(``python -m kjumpd.boot.restore``) in a process, with the kernel command
 line the real kernel would get. A kernel that leaves (jump back, power off,
 reboot) ends its process, as it never returns on a real machine.
 Registered workload processes are stopped (SIGSTOP) while A is away.
@@ -34,8 +34,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ImageError, MachineError
 from ..kexec import LoadSpec, check_files
@@ -169,7 +170,7 @@ class SimulatedMachine(Machine):
     def create(cls, path: str, *, ram_size: int = 64 << 20, cpus: int = 2, target_size: int | None = None,
                firmware: str = "simulated-firmware-1", filesystems: Sequence[str] = ("/", "/home"),
                machine_id: str | None = None, kernel_release: str = "6.12.117-kjump-sim",
-               boot_parameters: str | None = None) -> "SimulatedMachine":
+               boot_parameters: str | None = None) -> SimulatedMachine:
         """Make a powered-on simulated machine in ``path`` (created if missing) and return it.
 
         The image target ``disk.img`` defaults to the RAM size plus 8 MiB and is
@@ -403,7 +404,7 @@ class SimulatedMachine(Machine):
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         try:
-            os.execv(_python(), [_python(), "-m", "kjumpd.restorekernel", "--cmdline", command_line])
+            os.execv(_python(), [_python(), "-m", "kjumpd.boot.restore", "--cmdline", command_line])
         except OSError as exc:
             self._update(running=self.kernel)
             raise MachineError(f"kexec -e: cannot start the restore kernel: {exc.strerror}") from exc
@@ -450,7 +451,7 @@ class SimulatedMachine(Machine):
             command_line = (f"{spec.command_line} kjump.machine=simulated:{self.path} "
                             f"kexec_jump_back_entry=0x{entry:016x}")
             with open(self._file(CONSOLE_FILE), "ab") as console:
-                rc = subprocess.run([_python(), "-m", "kjumpd.savekernel", "--cmdline", command_line],
+                rc = subprocess.run([_python(), "-m", "kjumpd.boot.save", "--cmdline", command_line],
                                     stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     check=False).returncode
             running = self.running
@@ -602,7 +603,7 @@ class SimulatedMachine(Machine):
         self._update(running="C", boot_count=boot, boot_id=uuid.uuid4().hex, kexec=None, kexec_stale=False,
                      boot_outcome=None)
         self.record("power-on", boot=boot)
-        result = subprocess.run([_python(), "-m", "kjumpd.resumehook", "--cmdline", self.kernel_command_line()],
+        result = subprocess.run([_python(), "-m", "kjumpd.boot.resume", "--cmdline", self.kernel_command_line()],
                                 capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
         output = result.stdout + result.stderr
         with open(self._file(CONSOLE_FILE), "a", encoding="utf-8") as console:

@@ -52,7 +52,7 @@ from pathlib import Path
 EXCLUDES = ["gi", "pydbus", "systemd", "pyudev", "tkinter", "unittest", "pydoc", "test", "distutils", "setuptools"]
 # Loaded by the interpreter at start-up without an import statement.
 STARTUP = ["site", "encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1", "encodings.ascii"]
-ENTRY_POINTS = ["kjumpd.ctl", "kjumpd.resumehook"]
+ENTRY_POINTS = ["kjumpd.ctl", "kjumpd.boot.resume"]
 
 
 def warn(message: str) -> None:
@@ -97,8 +97,8 @@ def configured(config_dir: str) -> list[tuple[str, ...]] | None:
     """The hibernate kernel and initrd (as ``file SRC DEST``) and the image
     target (as ``env`` lines) from kjumpd's configuration; None when the
     hibernate kernel or initrd is not usable, so that no resume is possible."""
-    from kjumpd import config as kconfig
-    from kjumpd import resumehook
+    from kjumpd.daemon import config as kconfig
+    from kjumpd.boot import resume
 
     try:
         conf = kconfig.load(config_dir)
@@ -107,8 +107,8 @@ def configured(config_dir: str) -> list[tuple[str, ...]] | None:
         return None
     where = ", ".join(conf.sources) or "the defaults"
     lines: list[tuple[str, ...]] = []
-    for key, path, dest in (("Kernel", conf.kernel, resumehook.DEFAULT_KERNEL),
-                            ("Initrd", conf.initrd, resumehook.DEFAULT_INITRD)):
+    for key, path, dest in (("Kernel", conf.kernel, resume.DEFAULT_KERNEL),
+                            ("Initrd", conf.initrd, resume.DEFAULT_INITRD)):
         if not path:
             warn(f"no [HibernateKernel] {key}= in {where}; nothing added to the initramfs, it cannot resume")
             return None
@@ -125,10 +125,26 @@ def configured(config_dir: str) -> list[tuple[str, ...]] | None:
     return lines
 
 
+def boundary_ok() -> bool:
+    """The resume check stays inside what this initramfs holds: the same check
+    (``kjumpd.host.closure``) as the hibernate kernel's initramfs builder."""
+    import kjumpd
+    from kjumpd.host import closure
+
+    try:
+        closure.boot_closure(Path(kjumpd.__file__).resolve().parent, ["kjumpd.boot.resume"])
+    except closure.BoundaryError as exc:
+        warn(f"{exc}; nothing added to the initramfs, it cannot resume")
+        return False
+    return True
+
+
 def main(argv: list[str]) -> int:
     """Print the instructions (none when no resume is possible); the
     optional argument is the configuration directory."""
     config_dir = argv[1] if len(argv) > 1 else "/etc/kjumpd"
+    if not boundary_ok():
+        return 0
     settings = configured(config_dir)
     if settings is None:
         return 0

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import vm_rootfs
+from vm_qemu import Agent, Boot, VMConfig, VMError
 
 from kjumpd.target import ImageTarget
-from vm_qemu import Agent, Boot, VMConfig, VMError
-import vm_rootfs
 
 pytestmark = pytest.mark.vm
 
@@ -54,7 +54,7 @@ ROOT_DISK_SIZE = "1G"
 # Fatal for any step. (A "Call Trace:" alone is not: B prints the known, harmless
 # vmcore_init WARNING of research/qemu-kexec-jump-6.12.md on every boot.)
 PANIC = r"Kernel panic - not syncing|BUG: |general protection fault|Oops: |Freezing user space processes failed"
-# what the guest prints (tests/vm/guest/init.sh, kjumpd.initramfs, kjumpd.machine)
+# what the guest prints (tests/vm/guest/init.sh, kjumpd.host.initramfs, kjumpd.machine)
 AGENT_READY = r"KJVM\[[\d.]+\] agent: ready"
 RESUME_CHECK = r"KJVM\[[\d.]+\] resume-check: start"
 B_INIT = r"kjump-init: role save"
@@ -102,12 +102,12 @@ class Run:
 @pytest.fixture(scope="module")
 def run(vm_kernel, vm_workdir, vm_logdir, ladder):
     """Build B's initramfs and A's root file system, make the disks."""
-    from kjumpd import initramfs
+    from kjumpd.host import initramfs
 
     with ladder.step("0 build: B's initramfs, A's root fs, disks") as rung:
         try:
             res = initramfs.build(str(vm_workdir / "initramfs.img"), package_dir=PACKAGE)
-        except Exception as exc:  # e.g. savekernel/restorekernel not written yet
+        except Exception as exc:  # a missing tool or module: say which, without a traceback
             pytest.fail(f"B/R initramfs cannot be built: {exc}", pytrace=False)
         rung.note = f"initramfs {res.size / 2**20:.1f} MiB ({res.uncompressed_size / 2**20:.1f} MiB unpacked)"
         stage = vm_workdir / "stage"
@@ -187,7 +187,7 @@ def status(run: Run) -> dict:
 
 
 def superblock(run: Run):
-    from kjumpd.format import Superblock, SUPERBLOCK_SIZE
+    from kjumpd.format import SUPERBLOCK_SIZE, Superblock
 
     with open(run.config.image_disk, "rb") as f:
         return Superblock.unpack(f.read(SUPERBLOCK_SIZE))
@@ -314,8 +314,8 @@ def workload_continues(run: Run, rung, expect: str) -> None:
     assert n2 > n1, f"the workload does not run any more (counter stuck at {n1})"
     # the file: every line of this token, counting 1, 2, 3... without a gap
     _, out = run.agent.run(
-        "awk -v t=%s '$1==t{ if ($2!=n+1) {print \"GAP after\", n, \"at\", $2; exit 1} n=$2 } "
-        "END{print \"lines\", n}' $(cat /run/work.file)" % token0, 60)
+        f"awk -v t={token0} '$1==t{{ if ($2!=n+1) {{print \"GAP after\", n, \"at\", $2; exit 1}} n=$2 }} "
+        "END{print \"lines\", n}' $(cat /run/work.file)", 60)
     assert out.startswith("lines") and int(out.split()[1]) >= n1, f"workload file: {out}"
     st = status(run)
     last = st.get("LastResult", {})

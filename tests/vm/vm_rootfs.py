@@ -6,7 +6,7 @@ and its tools import: pydbus, gi with the GLib/GObject/Gio typelibs, lz4,
 zstandard, xxhash, systemd, pyudev), a real ``dbus-daemon`` with the host's
 system-bus configuration, kexec-tools, the kjumpd package from the work tree,
 and the hibernate kernel with the initramfs built by
-``kjumpd.initramfs.build``. ``/sbin/init`` is ``guest/init.sh``.
+``kjumpd.host.initramfs.build``. ``/sbin/init`` is ``guest/init.sh``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ REPO = HERE.parent.parent
 GUEST = HERE / "guest"
 PYTHON = "/usr/bin/python3"
 SITE = "/usr/lib/python3/dist-packages"
-#: where the packaging (and kjumpd.resumehook's defaults) keep the hibernate kernel
+#: where the packaging (and kjumpd.boot.resume's defaults) keep the hibernate kernel
 HIBERNATE_DIR = "/usr/lib/kjumpd/hibernate"
 TYPELIB_DIR = "/usr/lib/x86_64-linux-gnu/girepository-1.0"
 TYPELIBS = ("GLib-2.0", "GObject-2.0", "Gio-2.0", "GModule-2.0")
@@ -44,9 +44,9 @@ GUEST_IMPORTS = (
 
 # kjumpd modules A and C run; missing ones (not written yet) are reported, not fatal here
 KJUMPD_MODULES = (
-    "kjumpd.daemon", "kjumpd.dbus_service", "kjumpd.ctl", "kjumpd.ctl.bus", "kjumpd.ctl.image",
-    "kjumpd.ctl.boot", "kjumpd.ctl.devices", "kjumpd.hibernator", "kjumpd.resumehook",
-    "kjumpd.machine.real", "kjumpd.devices",
+    "kjumpd.daemon.main", "kjumpd.daemon.dbus_service", "kjumpd.ctl", "kjumpd.ctl.bus", "kjumpd.ctl.image",
+    "kjumpd.ctl.boot", "kjumpd.ctl.devices", "kjumpd.daemon.hibernator", "kjumpd.boot.resume",
+    "kjumpd.machine.real", "kjumpd.daemon.devices",
 )
 
 KJUMPD_CONF = """\
@@ -229,14 +229,14 @@ def build_stage(stage_dir: Path, *, kernel: Path, initramfs: Path, compression: 
 
     # Python: whole stdlib (minus tests and GUI), selected dist-packages
     st.copy_tree("/usr/lib/python3.11", skip=STDLIB_SKIP)
-    for dirpath, _, files in os.walk(st.path("/usr/lib/python3.11/lib-dynload")):
+    for _dirpath, _, files in os.walk(st.path("/usr/lib/python3.11/lib-dynload")):
         for f in files:
             st.elves.add(os.path.join("/usr/lib/python3.11/lib-dynload", f))
     info = probe(GUEST_IMPORTS + KJUMPD_MODULES,
                  Path(package_dir).resolve().parent if package_dir else REPO)
     report["missing_modules"] = {k: v for k, v in info["failed"].items()}
     tops: set[str] = set()
-    for name, f in info["files"].items():
+    for f in info["files"].values():
         if f and os.path.realpath(f).startswith(SITE + "/"):
             rel = os.path.relpath(os.path.realpath(f), SITE)
             tops.add(rel.split("/", 1)[0])
@@ -256,7 +256,7 @@ def build_stage(stage_dir: Path, *, kernel: Path, initramfs: Path, compression: 
 
     # kjumpd from the work tree
     st.copy_tree(package_dir or str(REPO / "kjumpd"), f"{SITE}/kjumpd", skip={"__pycache__"})
-    for tool, mod in (("kjumpd", "kjumpd.daemon"), ("kjumpctl", "kjumpd.ctl")):
+    for tool, mod in (("kjumpd", "kjumpd.daemon.main"), ("kjumpctl", "kjumpd.ctl")):
         st.write(f"/usr/bin/{tool}", f"#!/usr/bin/python3\nimport sys\nfrom {mod} import main\nsys.exit(main())\n",
                  0o755)
 
@@ -291,18 +291,18 @@ def build_stage(stage_dir: Path, *, kernel: Path, initramfs: Path, compression: 
 
 
 def build_c_initramfs(output: Path, stage_dir: Path, *, package_dir: str | None = None):
-    """A's/C's early initramfs: kjumpd.initramfs.build() with the resume hook
+    """A's/C's early initramfs: kjumpd.host.initramfs.build() with the resume hook
     as the extra program, guest/c-init.sh as /init, and what the hook needs
     from the root file system (the hibernate kernel and its initramfs, the
     machine id, the configuration) copied in, as an initramfs-tools hook would."""
-    from kjumpd import initramfs
+    from kjumpd.host import initramfs
 
     extra = {"init": str(GUEST / "c-init.sh")}
     for path in (f"{HIBERNATE_DIR}/vmlinuz", f"{HIBERNATE_DIR}/initrd.img", "/etc/machine-id",
                  "/etc/kjumpd/kjumpd.conf", "/usr/bin/kjumpctl"):
         extra[path.lstrip("/")] = str(stage_dir / path.lstrip("/"))
     return initramfs.build(str(output), roles=("restore",),
-                           extra_modules=("site", "kjumpd.resumehook", "kjumpd.ctl", "kjumpd.ctl.boot",
+                           extra_modules=("site", "kjumpd.boot.resume", "kjumpd.ctl", "kjumpd.ctl.boot",
                                           "kjumpd.ctl.image"),
                            extra_files=extra, package_dir=package_dir)
 

@@ -1,4 +1,4 @@
-"""The restore program: runs in the hibernate kernel R (``python -m kjumpd.restorekernel``).
+"""The restore program: runs in the hibernate kernel R (``python -m kjumpd.boot.restore``).
 
 C loaded R into the B region with ``kjump.role=restore``. R verifies the
 whole image, writes A's memory back (``mmap`` of ``/dev/mem`` on the real
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
-from . import image, kexec
-from .errors import KjumpError
-from .format import State
-from .machine import Machine
-from .savekernel import ConsoleProgress, start_program
+from .. import image, kexec
+from ..errors import KjumpError
+from ..format import State
+from ..machine import Machine
+from .common import ConsoleProgress, start_program
 
 
 def restore(machine: Machine, args: kexec.HibernateKernelArgs) -> int:

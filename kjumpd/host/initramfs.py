@@ -2,7 +2,7 @@
 
 One archive serves both roles: its ``/init`` (a busybox shell script) reads
 ``kjump.role=save|restore`` from the kernel command line and runs
-``python3 -m kjumpd.savekernel`` or ``python3 -m kjumpd.restorekernel``.
+``python3 -m kjumpd.boot.save`` or ``python3 -m kjumpd.boot.restore``.
 
 The archive is a gzip-compressed cpio (``newc``), written here directly (no
 ``cpio`` binary, no root needed: ``/dev/console`` is a device entry in the
@@ -29,8 +29,8 @@ API::
 
 from __future__ import annotations
 
-import ast
 import gzip
+import importlib.resources
 import io
 import json
 import os
@@ -40,17 +40,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
-from .errors import KjumpError
+from .. import kexec
+from ..errors import KjumpError
+from . import closure
 
 #: role on the kernel command line (``kjump.role=``) → program module
-ROLE_PROGRAMS: dict[str, str] = {
-    "save": "kjumpd.savekernel",
-    "restore": "kjumpd.restorekernel",
-}
+ROLE_PROGRAMS: dict[str, str] = {role: f"kjumpd.boot.{role}" for role in kexec.ROLES}
 
 #: modules every archive gets on top of what the programs import (lazy imports
 #: inside functions that a top-level import does not reach, and ``-m``)
@@ -253,63 +252,7 @@ def _ldd(paths: Iterable[str]) -> list[str]:
 
 def _package_root() -> Path:
     """The directory that holds the running ``kjumpd`` package."""
-    return Path(__file__).resolve().parent
-
-
-def _module_file(pkg_root: Path, name: str) -> Path | None:
-    rel = name.split(".")[1:]
-    base = pkg_root.joinpath(*rel)
-    if base.is_dir() and (base / "__init__.py").exists():
-        return base / "__init__.py"
-    py = base.with_suffix(".py")
-    return py if py.exists() else None
-
-
-def _kjumpd_imports(pkg_root: Path, programs: Iterable[str]) -> tuple[list[str], set[str]]:
-    """Walk kjumpd modules reachable from the programs (every import statement,
-    also inside functions); return (kjumpd modules, other top-level imports)."""
-    todo = list(programs)
-    seen: set[str] = set()
-    external: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        path = _module_file(pkg_root, name)
-        if path is None:
-            if name in programs:
-                raise InitramfsError(
-                    f"initramfs: program module {name} is not in {pkg_root} "
-                    "(not written yet?)")
-            continue
-        seen.add(name)
-        # parent packages run first
-        parts = name.split(".")
-        for i in range(1, len(parts)):
-            todo.append(".".join(parts[:i]))
-        is_pkg = path.name == "__init__.py"
-        tree = ast.parse(path.read_text(), str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name.split(".")[0] == "kjumpd":
-                        todo.append(alias.name)
-                    else:
-                        external.add(alias.name)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = parts if is_pkg else parts[:-1]
-                    base = base[: len(base) - (node.level - 1)]
-                    mod = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
-                if mod.split(".")[0] == "kjumpd":
-                    todo.append(mod)
-                    for alias in node.names:  # "from . import x" may name a module
-                        todo.append(f"{mod}.{alias.name}")
-                elif mod and mod != "__future__":
-                    external.add(mod)
-    return sorted(seen), external
+    return Path(__file__).resolve().parent.parent
 
 
 _PROBE = r"""
@@ -343,130 +286,17 @@ def _probe_modules(python: str, pkg_parent: Path, names: Iterable[str]) -> dict:
 
 
 # --------------------------------------------------------------------------
-# /init and the fallback jump back
+# /init and the fallback jump back: files of kjumpd.boot (they run in B and R)
 
-INIT_SCRIPT = r"""#!/bin/busybox sh
-# /init of kjumpd's hibernate kernel (B: kjump.role=save, R: kjump.role=restore).
-# Written by kjumpd.initramfs; the contract is in docs/initramfs.md.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-export PYTHONPATH=@SITE_DIR@ PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LC_ALL=C.UTF-8
-/bin/busybox mkdir -p /proc /sys /dev /run /tmp
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
-/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
-/bin/busybox mount -t tmpfs -o mode=0755 tmpfs /run
-exec </dev/console >/dev/console 2>&1
-
-say() { echo "kjump-init: $*"; }
-
-role= ; debug= ; timeout=
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-    kjump.role=*) role=${arg#kjump.role=} ;;
-    kjump.debug=*) debug=${arg#kjump.debug=} ;;
-    esac
-done
-
-case "$role" in
-save) prog=kjumpd.savekernel ;;
-restore) prog=kjumpd.restorekernel ;;
-*) prog= ;;
-esac
-
-# The program may leave its decision for the case it returns: one word in
-# /run/kjumpd/next (jump-back | poweroff | reboot | halt | shell).
-mkdir -p /run/kjumpd
-[ "$debug" = shell-first ] && { say "kjump.debug=shell-first: shell (exit to go on)"; setsid cttyhack sh; }
-
-if [ -n "$prog" ]; then
-    say "role $role, $(cat /proc/sys/kernel/osrelease), $(grep -c ^processor /proc/cpuinfo) cpu(s): python3 -m $prog"
-    /usr/bin/python3 -S -m $prog
-    rc=$?
-    say "$prog exited with status $rc"
-else
-    say "no usable kjump.role= on the kernel command line ('$role')"
-    rc=127
-fi
-
-next=
-[ -s /run/kjumpd/next ] && read -r next < /run/kjumpd/next
-if [ -z "$next" ]; then
-    case "$role" in
-    save) next=jump-back ;;
-    *) next=reboot ;;
-    esac
-fi
-[ "$debug" = shell ] && next=shell
-[ "$rc" != 0 ] && say "FAILED: $prog did not finish (status $rc); next: $next"
-
-case "$next" in
-jump-back)
-    say "jumping back to the hibernating kernel"
-    sync
-    /usr/bin/python3 -S /usr/lib/kjumpd/jumpback.py
-    say "jump back failed (status $?); powering off"
-    ;;
-shell)
-    say "debug shell on the console"
-    setsid cttyhack sh
-    ;;
-reboot)
-    say "rebooting"; sync; reboot -f; sleep 5 ;;
-halt)
-    say "halting"; sync; halt -f; sleep 5 ;;
-esac
-say "powering off"
-sync
-poweroff -f
-sleep 5
-echo o > /proc/sysrq-trigger
-while :; do sleep 3600; done
-"""
-
-JUMPBACK_SCRIPT = r'''"""Fallback jump back from B to A, used by /init when the save program could
-not run at all. Self-contained on purpose (no kjumpd import): one
-preserve-context kexec_load whose only, empty segment sits at the page of A's
-kexec_jump_back_entry, then reboot(LINUX_REBOOT_CMD_KEXEC). This works on 6.12,
-where kexec-tools' --load-jump-back-helper fails with ENOMEM."""
-import ctypes, os, sys
-
-SYS_kexec_load, SYS_reboot = 246, 169          # x86_64
-KEXEC_PRESERVE_CONTEXT, KEXEC_ARCH_X86_64 = 0x2, 62 << 16
-MAGIC1, MAGIC2, CMD_KEXEC = 0xFEE1DEAD, 672274793, 0x45584543
+INIT_SCRIPT = "init.sh"
+#: the first line of /init (the package's copy has none: it is data there, not a program)
+INIT_INTERPRETER = b"#!/bin/busybox sh\n"
+JUMPBACK_SCRIPT = "jumpback.py"
 
 
-class Segment(ctypes.Structure):
-    _fields_ = [("buf", ctypes.c_void_p), ("bufsz", ctypes.c_size_t),
-                ("mem", ctypes.c_ulong), ("memsz", ctypes.c_size_t)]
-
-
-def main():
-    entry = None
-    for arg in open("/proc/cmdline").read().split():
-        if arg.startswith("kexec_jump_back_entry="):
-            entry = int(arg.split("=", 1)[1], 0)
-    if entry is None:
-        print("jumpback: no kexec_jump_back_entry= on the command line", flush=True)
-        return 2
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    seg = Segment(None, 0, entry & ~0xFFF, 0)
-    rc = libc.syscall(ctypes.c_long(SYS_kexec_load), ctypes.c_ulong(entry), ctypes.c_ulong(1),
-                      ctypes.byref(seg), ctypes.c_ulong(KEXEC_PRESERVE_CONTEXT | KEXEC_ARCH_X86_64))
-    if rc != 0:
-        print(f"jumpback: kexec_load: {os.strerror(ctypes.get_errno())}", flush=True)
-        return 1
-    print(f"jumpback: jumping to 0x{entry:x}", flush=True)
-    os.sync()
-    rc = libc.syscall(ctypes.c_long(SYS_reboot), ctypes.c_uint(MAGIC1), ctypes.c_uint(MAGIC2),
-                      ctypes.c_uint(CMD_KEXEC), None)
-    # back here only if A jumped into B again
-    print(f"jumpback: reboot(KEXEC) returned {rc}", flush=True)
-    return 1 if rc else 0
-
-
-sys.exit(main())
-'''
+def _boot_file(name: str) -> bytes:
+    """One of the boot stage's data files (``kjumpd/boot/init.sh``, ``jumpback.py``)."""
+    return importlib.resources.files("kjumpd.boot").joinpath(name).read_bytes()
 
 
 # --------------------------------------------------------------------------
@@ -547,7 +377,10 @@ def build(
     tree.add_host_file(python)
     elves.append(os.path.realpath(python))
     programs = [ROLE_PROGRAMS[r] for r in roles]
-    kj_modules, external = _kjumpd_imports(pkg, programs)
+    try:
+        kj_modules, external = closure.boot_closure(pkg, programs)
+    except closure.BoundaryError as exc:
+        raise InitramfsError(f"initramfs: {exc}") from exc
     say(f"kjumpd modules reached from {', '.join(programs)}: {len(kj_modules)}")
     probe = _probe_modules(python, pkg.parent, [*programs, *external, *BASE_MODULES, *extra_modules])
     missing_required = {n: e for n, e in probe["failed"].items()
@@ -557,7 +390,7 @@ def build(
                              f"{python}: " + "; ".join(f"{k}: {v}" for k, v in missing_required.items()))
     for name, err in sorted(probe["failed"].items()):
         say(f"optional import {name} not available, left out ({err})")
-    pyver = "python%d.%d" % tuple(probe["version"])
+    pyver = "python{}.{}".format(*probe["version"])
     stdlib = f"/usr/lib/{pyver}"
     modules: list[str] = []
     excluded = set(exclude_modules)
@@ -598,8 +431,9 @@ def build(
         if not tree.has(name):
             tree.add_symlink(tree._norm(name), bb_path)
 
-    tree.add_file("init", data=INIT_SCRIPT.replace("@SITE_DIR@", SITE_DIR).encode(), mode=0o755)
-    tree.add_file("usr/lib/kjumpd/jumpback.py", data=JUMPBACK_SCRIPT.encode())
+    tree.add_file("init", data=INIT_INTERPRETER + _boot_file(INIT_SCRIPT).replace(b"@SITE_DIR@", SITE_DIR.encode()),
+                  mode=0o755)
+    tree.add_file("usr/lib/kjumpd/jumpback.py", data=_boot_file(JUMPBACK_SCRIPT))
     tree.add_file("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n")
     tree.add_file("etc/group", data=b"root:x:0:\n")
     tree.add_file("etc/kjumpd-initramfs", data=json.dumps(
@@ -657,10 +491,10 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -m kjumpd.initramfs OUTPUT [--role save --role restore]``."""
+    """``python3 -m kjumpd.host.initramfs OUTPUT [--role save --role restore]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python3 -m kjumpd.initramfs",
+    parser = argparse.ArgumentParser(prog="python3 -m kjumpd.host.initramfs",
                                      description="Build the hibernate kernel's initramfs.")
     parser.add_argument("output")
     parser.add_argument("--role", action="append", choices=sorted(ROLE_PROGRAMS))

@@ -22,9 +22,9 @@ import sys
 import tempfile
 import textwrap
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from .machine.simulated import SimulatedMachine
+from ..machine.simulated import SimulatedMachine
 
 PYTHON = sys.executable
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")

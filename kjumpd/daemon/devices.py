@@ -30,13 +30,14 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
 
 import pyudev
 from gi.repository import GLib
 
-from .errors import MachineError, RefusedError
+from ..errors import MachineError, RefusedError
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +410,8 @@ class DeviceTracker:
             if mount is None:
                 return _TargetStatus(None, None, f"{what} is on no mounted filesystem", "missing")
             dev = view.by_number(mount.major, mount.minor)
-            found = [dev] if dev is not None else (view.by_path(mount.source) if mount.source.startswith("/dev/") else [])
+            found = ([dev] if dev is not None
+                     else view.by_path(mount.source) if mount.source.startswith("/dev/") else [])
             if not found and mount.major == 0 and not mount.source.startswith("/dev/"):
                 return _TargetStatus(None, None, f"{what} is on {mount.fstype} at {mount.mount_point}, "
                                      "which is not on a block device", "missing")

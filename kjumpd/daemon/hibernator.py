@@ -15,16 +15,17 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
-from . import image, kexec
-from .errors import FormatError, KjumpError, MachineError, RefusedError
-from .format import RESTART_POINTS, Compression, Handoff, State, Superblock
-from .kexec import KernelParameters, LoadSpec
-from .machine import Machine, MachineLostError
-from .memmap import DEFAULT_LOW, MemoryMap, Range, choose_region, save_map
-from .target import ImageTarget
+from .. import image, kexec
+from ..errors import FormatError, KjumpError, MachineError, RefusedError
+from ..format import RESTART_POINTS, Compression, Handoff, State, Superblock
+from ..kexec import KernelParameters, LoadSpec
+from ..machine import Machine, MachineLostError
+from ..memmap import DEFAULT_LOW, MemoryMap, Range, choose_region, save_map
+from ..target import ImageTarget
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,12 @@ class HibernateResult:
 # uninterruptible state that the task freezer cannot stop (seen in QEMU).
 FREEZE_FILESYSTEMS_FOR = ("suspend", "platform")
 
-# Values of HibernateResult.result.
-RESULT_SAVED = "saved"                  # restart point resume: image written, then discarded
-RESULT_WOKE = "woke-from-suspend"       # suspend: back from S3, image discarded
-RESULT_RESUMED = "resumed-from-disk"    # A came back through R after a power cycle
-RESULT_CANCELLED = "cancelled"
-RESULT_FAILED = "failed"
+# Values of HibernateResult.result (LastResult["result"] on the bus); not the superblock's result codes.
+OUTCOME_SAVED = "saved"                  # restart point resume: image written, then discarded
+OUTCOME_WOKE = "woke-from-suspend"       # suspend: back from S3, image discarded
+OUTCOME_RESUMED = "resumed-from-disk"    # A came back through R after a power cycle
+OUTCOME_CANCELLED = "cancelled"
+OUTCOME_FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ class Hibernator:
             return cancel is not None and cancel.is_set()
 
         if cancelled():
-            return outcome(False, RESULT_CANCELLED, "cancelled before the jump")
+            return outcome(False, OUTCOME_CANCELLED, "cancelled before the jump")
         if not (self._staged == plan.spec and self.machine.kexec_loaded()):
             progress("staging", 0.1)
             try:
@@ -265,7 +266,7 @@ class Hibernator:
             except KjumpError as exc:
                 raise RefusedError(f"cannot stage the hibernate kernel: {exc}") from exc
         if cancelled():
-            return outcome(False, RESULT_CANCELLED, "cancelled before the jump")
+            return outcome(False, OUTCOME_CANCELLED, "cancelled before the jump")
 
         progress("handoff", 0.3)
         sequence = secrets.randbits(63) | 1
@@ -284,9 +285,9 @@ class Hibernator:
                 image.write_superblock(target, Superblock(reason="hibernation starting"))
                 image.write_handoff(target, handoff)
             except KjumpError as exc:
-                return outcome(False, RESULT_FAILED, f"writing the handoff failed: {exc}")
+                return outcome(False, OUTCOME_FAILED, f"writing the handoff failed: {exc}")
             if cancelled():
-                return outcome(False, RESULT_CANCELLED, "cancelled before the jump")
+                return outcome(False, OUTCOME_CANCELLED, "cancelled before the jump")
             return self._jump(target, restart_point, sequence, progress, outcome, durations)
 
     def _jump(self, target: ImageTarget, restart_point: str, sequence: int, progress: Progress,
@@ -300,7 +301,7 @@ class Hibernator:
                 self.machine.sync_filesystems()
                 frozen = []
         except MachineError as exc:
-            return outcome(False, RESULT_FAILED, str(exc))
+            return outcome(False, OUTCOME_FAILED, str(exc))
         details: dict[str, object] = {}
         ready: list[JumpParticipant] = []
         failure = ""
@@ -350,7 +351,7 @@ class Hibernator:
         image_bytes = superblock.image_bytes if superblock is not None else 0
         if failure:
             log.error("hibernation (%s) failed: %s", restart_point, failure)
-            return outcome(False, RESULT_FAILED, failure, image_bytes=image_bytes, details=details)
+            return outcome(False, OUTCOME_FAILED, failure, image_bytes=image_bytes, details=details)
         return outcome(True, result, "", resumed=resumed, image_bytes=image_bytes, details=details)
 
     def _read(self, target: ImageTarget) -> Superblock:
@@ -374,7 +375,7 @@ class Hibernator:
                 why = ""
             return superblock, False, f"the hibernate kernel did not record this jump (did it run?){why}", ""
         if superblock.state == State.RESTORED:
-            return superblock, True, "", RESULT_RESUMED
+            return superblock, True, "", OUTCOME_RESUMED
         if superblock.state != State.SAVED:
             reason = superblock.reason or f"the save did not complete (image state {superblock.state.name})"
             if superblock.state == State.SAVING:
@@ -384,7 +385,7 @@ class Hibernator:
         log.info("image saved (%d pages); restart point %s", superblock.pages_total, point)
         if point == "resume":
             image.discard(target, "A carried on (restart point resume)")
-            return superblock, False, "", RESULT_SAVED
+            return superblock, False, "", OUTCOME_SAVED
         if point == "suspend":
             try:
                 self.machine.suspend_to_ram()
@@ -393,9 +394,9 @@ class Hibernator:
                 return superblock, False, str(exc), ""
             after = self._read(target)
             if after.state == State.RESTORED and after.sequence == sequence:
-                return after, True, "", RESULT_RESUMED   # the power went while asleep
+                return after, True, "", OUTCOME_RESUMED   # the power went while asleep
             image.discard(target, "woke from suspend to RAM")
-            return superblock, False, "", RESULT_WOKE
+            return superblock, False, "", OUTCOME_WOKE
         power = {"platform": self.machine.hibernate_platform, "shutdown": self.machine.power_off,
                  "reboot": self.machine.reboot}[point]
         try:
@@ -414,5 +415,5 @@ class Hibernator:
         # resume; the simulated one returns from the power call instead.
         after = self._read(target)
         if after.state == State.RESTORED and after.sequence == sequence:
-            return after, True, "", RESULT_RESUMED
+            return after, True, "", OUTCOME_RESUMED
         return after, False, f"A runs again after {point} but the image was not restored (state {after.state.name})", ""

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from .errors import KjumpError
-from .format import RESTART_POINTS, Compression
+from ..errors import KjumpError
+from ..format import RESTART_POINTS, Compression
+from ..machine import KINDS
 
 DEFAULT_DIR = Path("/etc/kjumpd")
 MAIN_FILE = "kjumpd.conf"
 DROPIN_DIR = "kjumpd.conf.d"
 
-MACHINE_TYPES = ("real", "simulated")
 COMPRESSIONS = tuple(c.name.lower() for c in Compression)
 
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -99,7 +99,7 @@ def _text(text: str) -> str:
 
 # (section, key) -> (Config field, converter)
 _KEYS: dict[tuple[str, str], tuple[str, Callable[[str], object]]] = {
-    ("Machine", "Type"): ("machine_type", _choice(MACHINE_TYPES)),
+    ("Machine", "Type"): ("machine_type", _choice(KINDS)),
     ("Machine", "Path"): ("machine_path", _absolute_path),
     ("Image", "Target"): ("image_target", _absolute_path),
     ("Image", "Offset"): ("image_offset", parse_size),

@@ -8,7 +8,7 @@ connection is private with exit-on-close off, so a lost bus ends the main
 loop through ``on_bus_lost`` instead of killing the process.
 
 Nothing here decides anything about hibernation: the handlers check the
-arguments, ask polkit, and call ``kjumpd.daemon.Manager``. The API is
+arguments, ask polkit, and call ``kjumpd.Manager``. The API is
 documented in ``docs/dbus.md``.
 """
 
@@ -17,70 +17,37 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from gi.repository import Gio, GLib
 import pydbus.bus  # noqa: F401  (adds the .pydbus property to Gio.DBusConnection)
+from gi.repository import Gio, GLib
 from pydbus.generic import signal
 
-from . import daemon
-from .errors import KjumpError
+from ..api import (
+    ACTION_HIBERNATE,
+    ACTION_MANAGE,
+    BUS_NAME,
+    ERROR_ACCESS_DENIED,
+    ERROR_FAILED,
+    ERROR_INVALID_ARGS,
+    ERROR_NAMES,
+    INTERFACE,
+    OBJECT_PATH,
+    interface_xml,
+)
+from ..errors import KjumpError
+from .manager import Manager
 
 log = logging.getLogger("kjumpd.dbus")
 
-BUS_NAME = "org.kjump.Hibernate1"
-OBJECT_PATH = "/org/kjump/Hibernate1"
-INTERFACE = "org.kjump.Hibernate1"
-ERROR_PREFIX = "org.kjump.Hibernate1.Error."
-ACTION_HIBERNATE = "org.kjump.hibernate"
-ACTION_MANAGE = "org.kjump.manage"
 POLKIT_TIMEOUT_MS = 5 * 60 * 1000  # an interactive check waits for the user to type a password
 
 LOGIND = ("org.freedesktop.login1", "/org/freedesktop/login1", "org.freedesktop.login1.Manager")
 POLKIT = ("org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority",
           "org.freedesktop.PolicyKit1.Authority")
 
-INTROSPECTION = f"""
-<node>
-  <interface name="{INTERFACE}">
-    <method name="Hibernate">
-      <arg direction="in" type="s" name="restart_point"/>
-    </method>
-    <method name="HibernateWithOptions">
-      <arg direction="in" type="s" name="restart_point"/>
-      <arg direction="in" type="a{{sv}}" name="options"/>
-    </method>
-    <method name="CanHibernate">
-      <arg direction="out" type="s" name="result"/>
-    </method>
-    <method name="Prepare"/>
-    <method name="Cancel"/>
-    <signal name="Resumed">
-      <arg type="s" name="restart_point"/>
-      <arg type="a{{sv}}" name="details"/>
-    </signal>
-    <signal name="DevicesChanged">
-      <arg type="as" name="added"/>
-      <arg type="as" name="removed"/>
-    </signal>
-    <property name="State" type="s" access="read"/>
-    <property name="Phase" type="s" access="read"/>
-    <property name="Progress" type="d" access="read"/>
-    <property name="Staged" type="b" access="read"/>
-    <property name="DefaultRestartPoint" type="s" access="read"/>
-    <property name="HybridSleepRestartPoint" type="s" access="read"/>
-    <property name="SupportedRestartPoints" type="as" access="read"/>
-    <property name="ImageTarget" type="s" access="read"/>
-    <property name="ImageCapacity" type="t" access="read"/>
-    <property name="EstimatedImageSize" type="t" access="read"/>
-    <property name="Region" type="(tt)" access="read"/>
-    <property name="Problems" type="as" access="read"/>
-    <property name="LastResult" type="a{{sv}}" access="read"/>
-    <property name="Version" type="s" access="read"/>
-  </interface>
-</node>
-"""
-
+INTROSPECTION = interface_xml()
 _NODE = Gio.DBusNodeInfo.new_for_xml(INTROSPECTION)
 PROPERTY_TYPES = {p.name: p.signature for p in _NODE.interfaces[0].properties}
 
@@ -96,14 +63,12 @@ def _error_class(name: str, doc: str) -> type[Exception]:
     return cls
 
 
-AccessDenied = _error_class("org.freedesktop.DBus.Error.AccessDenied", "polkit said no.")
-InvalidArgs = _error_class("org.freedesktop.DBus.Error.InvalidArgs", "An argument is malformed.")
-# daemon exception -> D-Bus error; the documented names live in docs/dbus.md.
+AccessDenied = _error_class(ERROR_ACCESS_DENIED, "polkit said no.")
+InvalidArgs = _error_class(ERROR_INVALID_ARGS, "An argument is malformed.")
+# the manager's refusals -> the reply classes carrying their names from kjumpd.api.ERROR_NAMES
 ERRORS: dict[type[KjumpError], type[Exception]] = {
-    cls: _error_class(ERROR_PREFIX + cls.__name__, cls.__doc__ or "")
-    for cls in (daemon.Busy, daemon.NotReady, daemon.InvalidRestartPoint, daemon.InvalidOption, daemon.NotRunning)
-}
-Failed = _error_class(ERROR_PREFIX + "Failed", "The operation failed; the message says why.")
+    cls: _error_class(name, cls.__doc__ or "") for cls, name in ERROR_NAMES.items()}
+Failed = _error_class(ERROR_FAILED, "The operation failed; the message says why.")
 _REPLY_ERRORS = tuple(ERRORS.values()) + (AccessDenied, InvalidArgs, Failed)
 
 
@@ -192,7 +157,7 @@ class HibernateObject:
     Resumed = signal()
     DevicesChanged = signal()
 
-    def __init__(self, manager: daemon.Manager, polkit: Polkit) -> None:
+    def __init__(self, manager: Manager, polkit: Polkit) -> None:
         self.manager = manager
         self.polkit = polkit
 
@@ -272,7 +237,7 @@ class Logind:
 
     WHY = "Make sure the hibernate kernel is staged before sleeping"
 
-    def __init__(self, con: Gio.DBusConnection, manager: daemon.Manager) -> None:
+    def __init__(self, con: Gio.DBusConnection, manager: Manager) -> None:
         self.con = con
         self.manager = manager
         self.fd = -1
@@ -329,7 +294,7 @@ class Logind:
 class Service:
     """The published service: the connection, the object, the name, polkit and logind."""
 
-    def __init__(self, con: Gio.DBusConnection, manager: daemon.Manager) -> None:
+    def __init__(self, con: Gio.DBusConnection, manager: Manager) -> None:
         self.con = con
         self.manager = manager
         self.object = HibernateObject(manager, Polkit(con))
@@ -338,8 +303,8 @@ class Service:
         self.logind = Logind(con, manager)
 
     @classmethod
-    def start(cls, manager: daemon.Manager, address: str | None = None,
-              on_bus_lost: Callable[[], None] | None = None) -> "Service":
+    def start(cls, manager: Manager, address: str | None = None,
+              on_bus_lost: Callable[[], None] | None = None) -> Service:
         """Connect (to ``address`` or the system bus), publish the object, then own the name.
 
         The name is requested without allowing replacement and without

@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import image, kexec
-from .errors import FormatError, KjumpError
-from .format import State
-from .kexec import KernelParameters, LoadSpec
-from .machine import Machine, machine_from_command_line
-from .memmap import Range
-from .savekernel import read_command_line
+from .. import image, kexec
+from ..errors import FormatError, KjumpError
+from ..format import State
+from ..kexec import KernelParameters, LoadSpec
+from ..machine import Machine, machine_from_command_line
+from ..memmap import Range
+from .common import read_command_line
 
 DEFAULT_KERNEL = "/usr/lib/kjumpd/hibernate/vmlinuz"
 DEFAULT_INITRD = "/usr/lib/kjumpd/hibernate/initrd.img"
@@ -36,7 +36,7 @@ EXIT_USAGE = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The hook's options (shared by ``python -m kjumpd.resumehook`` and ``kjumpctl resume-check``)."""
+    """The hook's options (shared by ``python -m kjumpd.boot.resume`` and ``kjumpctl resume-check``)."""
     parser.add_argument("--cmdline", help="kernel command line to use instead of /proc/cmdline")
     parser.add_argument("--target", help="image target (default: kjump.resume= on the command line)")
     parser.add_argument("--offset", type=int, help="offset of the image on the target in bytes")
@@ -107,8 +107,8 @@ def run(options: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kjumpd.resumehook``."""
-    parser = argparse.ArgumentParser(prog="kjumpd.resumehook", description="Resume a hibernated system (runs in C).")
+    """``python -m kjumpd.boot.resume``."""
+    parser = argparse.ArgumentParser(prog="kjumpd.boot.resume", description="Resume a hibernated system (runs in C).")
     add_arguments(parser)
     try:
         options = parser.parse_args(argv)

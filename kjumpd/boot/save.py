@@ -1,4 +1,4 @@
-"""The save program: runs in the hibernate kernel B (``python -m kjumpd.savekernel``).
+"""The save program: runs in the hibernate kernel B (``python -m kjumpd.boot.save``).
 
 B's kernel command line says where the image target is (``kjump.target=``,
 ``kjump.offset=``), where B runs (``kjump.region=``), which machine this is
@@ -14,40 +14,15 @@ next hibernation starts with a fresh handoff.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from . import image, kexec
-from .errors import KjumpError, MachineError
-from .format import RESULT_FAILED, State
-from .machine import Machine, machine_from_command_line
-from .memmap import Range
-from .target import ImageTarget
-
-
-class ConsoleProgress:
-    """Prints the image engine's progress on the console every ``step`` percent of each phase."""
-
-    def __init__(self, machine: Machine, step: int = 10) -> None:
-        self.machine = machine
-        self.step = step
-        self.phase = ""
-        self.shown = 0
-
-    def __call__(self, done: int, total: int, phase: str) -> None:
-        percent = 100 * done // total if total else 100
-        if phase != self.phase or percent // self.step != self.shown // self.step:
-            self.phase, self.shown = phase, percent
-            label = {"save": "saving", "verify": "verifying", "restore": "restoring"}.get(phase, phase)
-            self.machine.console(f"{label}: {percent}% of {total >> 20} MiB")
-
-
-def read_command_line(text: str | None) -> dict[str, str]:
-    """The given command line, or ``/proc/cmdline``."""
-    if text is None:
-        with open("/proc/cmdline", encoding="utf-8") as handle:
-            text = handle.read()
-    return kexec.parse_command_line(text)
+from .. import image, kexec
+from ..errors import KjumpError, MachineError
+from ..format import RESULT_FAILED, State
+from ..machine import Machine
+from ..memmap import Range
+from ..target import ImageTarget
+from .common import ConsoleProgress, start_program
 
 
 def _check_map(handoff_region: Range, args_region: Range | None, ranges: list[Range], low: Range) -> None:
@@ -114,29 +89,6 @@ def leave(machine: Machine, restart_point: str, saved: bool, entry: int) -> None
         else:
             machine.console("rebooting: the running system cannot be reached")
             machine.reboot()
-
-
-def start_program(role: str, kernel: str, description: str,
-                  argv: list[str] | None) -> tuple[Machine, kexec.HibernateKernelArgs] | None:
-    """Parse the program's options and kernel command line for B's or R's program.
-
-    Returns the machine and the ``kjump.*`` arguments, or None after saying
-    on stderr why the program cannot start.
-    """
-    parser = argparse.ArgumentParser(prog=f"kjumpd.{role}kernel", description=description)
-    parser.add_argument("--cmdline", help="kernel command line to use instead of /proc/cmdline")
-    options = parser.parse_args(argv)
-    try:
-        params = read_command_line(options.cmdline)
-        args = kexec.hibernate_kernel_args(params)
-        if args.role != role:
-            raise MachineError(f"this is the {role} program but kjump.role={args.role}")
-        if role == kexec.ROLE_SAVE and args.jump_back_entry is None:
-            raise MachineError("no kexec_jump_back_entry= on the command line: not started by a kexec jump")
-        return machine_from_command_line(params, kernel=kernel), args
-    except (KjumpError, OSError) as exc:
-        print(f"kjump: cannot start the {role}: {exc}", file=sys.stderr, flush=True)
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

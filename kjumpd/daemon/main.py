@@ -1,0 +1,164 @@
+"""The ``kjumpd`` process: configuration, logging, the GLib main loop, ``sd_notify``, signals.
+
+It builds the bus-free ``Manager`` (``kjumpd.daemon.manager``) with its
+hibernator and device tracker, then attaches the D-Bus service
+(``kjumpd.daemon.dbus_service``) to it from outside. SIGTERM stops (a running
+hibernation is cancelled first), SIGHUP re-reads the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import KjumpError
+from . import config as configmod
+from .config import Config, ConfigError
+from .manager import HIBERNATING, HibernatorLike, Manager, Schedule, TrackerParticipant
+
+log = logging.getLogger("kjumpd")
+
+
+
+def settings_from(config: Config) -> Any:
+    """The hibernator's settings from the daemon's configuration."""
+    from .hibernator import HibernateSettings
+
+    return HibernateSettings(
+        image_target=config.image_target, image_offset=config.image_offset, compression=config.compression,
+        kernel=config.kernel, initrd=config.initrd, region_size=config.region_size,
+        kernel_arguments=config.kernel_arguments)
+
+
+def make_hibernator(config: Config, participants: tuple) -> HibernatorLike:
+    """Open the configured machine and build a Hibernator for it (the daemon's factory)."""
+    from ..machine import open_machine
+    from .hibernator import Hibernator
+
+    return Hibernator(open_machine(config.machine_type, config.machine_path), settings_from(config), participants)
+
+
+def make_tracker(config: Config, on_change: Callable[[], None]) -> TrackerParticipant | None:
+    """The udev device tracker watching on the main loop, when kjumpd.daemon.devices is installed; None otherwise."""
+    try:
+        from .devices import DeviceTracker
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.devices":
+            raise
+        log.warning("device tracking is not available (kjumpd.daemon.devices is missing)")
+        return None
+    tracker = DeviceTracker(config.image_target, on_change=on_change)
+    tracker.start()
+    return TrackerParticipant(tracker)
+
+
+def make_manager(config: Config, schedule: Schedule) -> Manager:
+    """The daemon's Manager: the Hibernator of ``make_hibernator`` and the udev device tracker, every
+    change of which makes the manager look again (``refresh``) on the main loop.
+
+    One place for this wiring, so that tests build the daemon exactly as ``main()`` does.
+    """
+    manager_ref: list[Manager] = []
+
+    def tracker_factory(cfg: Config) -> TrackerParticipant | None:
+        return make_tracker(cfg, lambda: schedule(lambda: manager_ref[0].refresh()))
+
+    manager = Manager(config, make_hibernator, schedule, tracker_factory)
+    manager_ref.append(manager)
+    return manager
+
+
+def notify(message: str) -> None:
+    """sd_notify, quiet when not started by systemd (a missing socket is not an error here)."""
+    try:
+        from systemd import daemon as sd_daemon
+
+        sd_daemon.notify(message)
+    except (ImportError, OSError) as exc:
+        log.debug("sd_notify(%r) failed: %s", message, exc)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kjumpd", description="kexec-jump hibernation daemon (org.kjump.Hibernate1).")
+    parser.add_argument("--config", metavar="DIR", type=Path, default=configmod.DEFAULT_DIR,
+                        help="configuration directory holding kjumpd.conf and kjumpd.conf.d/ (default %(default)s)")
+    parser.add_argument("--bus-address", metavar="ADDRESS",
+                        help="serve on this D-Bus address instead of the system bus")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"kjumpd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the daemon until SIGTERM; returns the exit code."""
+    args = parse_args(argv)
+    from .. import log as logsetup
+
+    logsetup.setup("kjumpd", getattr(logging, args.log_level.upper()))
+    try:
+        config = configmod.load(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        notify(f"STATUS=configuration error: {exc}")
+        return 1
+    if args.check_config:
+        print(f"configuration OK ({', '.join(config.sources) or 'defaults'})")
+        return 0
+
+    from gi.repository import GLib
+
+    from . import dbus_service
+
+    def schedule(fn: Callable[[], None]) -> None:
+        def once() -> bool:
+            fn()
+            return GLib.SOURCE_REMOVE
+        GLib.idle_add(once)
+
+    try:
+        manager = make_manager(config, schedule)
+    except KjumpError as exc:
+        log.error("cannot start: %s", exc)
+        notify(f"STATUS=cannot start: {exc}")
+        return 1
+    loop = GLib.MainLoop()
+    try:
+        service = dbus_service.Service.start(manager, args.bus_address, on_bus_lost=loop.quit)
+    except dbus_service.BusError as exc:
+        log.error("%s", exc)
+        return 1
+
+    def on_term() -> bool:
+        notify("STOPPING=1")
+        if manager.get("State") == HIBERNATING:
+            log.info("SIGTERM during a hibernation: cancelling it, then stopping")
+            manager.cancel()
+        manager.when_idle(loop.quit)
+        return GLib.SOURCE_CONTINUE
+
+    def on_hup() -> bool:
+        notify("RELOADING=1")
+        try:
+            manager.reload(configmod.load(args.config))
+        except ConfigError as exc:
+            log.error("configuration not reloaded, keeping the old one: %s", exc)
+        notify("READY=1")
+        return GLib.SOURCE_CONTINUE
+
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, on_term)
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, on_term)
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGHUP, on_hup)
+    notify("READY=1\nSTATUS=serving org.kjump.Hibernate1")
+    log.info("kjumpd %s serving org.kjump.Hibernate1 (%s)", __version__, args.bus_address or "system bus")
+    loop.run()
+    service.stop()
+    if manager.tracker is not None:
+        manager.tracker.stop()
+    log.info("kjumpd stopped")
+    return 0

@@ -1,0 +1,1 @@
+"""Tools that run on the host, never in a boot stage: the initramfs builder and its import check, the demo."""
