@@ -49,6 +49,15 @@ class CallFailed(Exception):
         self.dbus_name = dbus_name
 
 
+def _remote_message(message: str, name: str) -> str:
+    """The text the remote side gave, without GDBus's ``GDBus.Error:NAME: `` prefix.
+
+    ``Gio.DBusError.strip_remote_error`` cannot do this from Python: it
+    strips a copy of the error, not the message PyGObject already holds.
+    """
+    return message.removeprefix(f"GDBus.Error:{name}: ") if name else message
+
+
 class Client:
     """A private connection to the system bus and the kjumpd object on it."""
 
@@ -71,8 +80,7 @@ class Client:
                                         GLib.VariantType.new(reply) if reply else None, flags, CALL_TIMEOUT_MS, None)
         except GLib.Error as exc:
             name = Gio.DBusError.get_remote_error(exc) or ""
-            Gio.DBusError.strip_remote_error(exc)
-            message = exc.message
+            message = _remote_message(exc.message, name)
             if name in _NOT_RUNNING:
                 message = f"kjumpd is not running ({BUS_NAME} is not on the bus)"
             raise CallFailed(message, _EXIT_FOR_ERROR.get(name, EXIT_FAILED), name) from exc
