@@ -55,7 +55,7 @@ RESTART_POINTS = ("resume", "suspend", "platform", "shutdown", "reboot")
 
 
 class State(IntEnum):
-    """Superblock states (DESIGN.md); an image is restored at most once."""
+    """Superblock states (docs/format.md); an image is restored at most once."""
 
     EMPTY = 0
     SAVING = 1

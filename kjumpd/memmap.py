@@ -26,7 +26,7 @@ PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 
 # B's low memory: inside the first MiB that A's kernel keeps reserved (Linux
-# >= 5.13), clear of A's real-mode trampoline. See DESIGN.md.
+# >= 5.13), clear of A's real-mode trampoline (docs/machine.md, "kexec.py: every kexec call").
 DEFAULT_LOW = (0x10000, 256 << 10)
 
 

@@ -4,7 +4,7 @@ Two kinds: a plain file that stands for RAM from a base physical address (the
 simulated machine, tests, ``kjumpctl image``), and ``/dev/mem`` on the real
 machine. ``/dev/mem`` is reached through ``mmap``: in the hibernate kernel
 ``read()``/``write()`` stop at its own top of RAM, ``mmap`` does not, and A's
-RAM lies above it (DESIGN.md, research/qemu-resume-from-disk-6.1.md).
+RAM lies above it (docs/machine.md; seen on a real kernel in QEMU).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ IMAGE_DISK_SIZE = 1536 << 20
 ROOT_DISK_SIZE = "1G"
 
 # Fatal for any step. (A "Call Trace:" alone is not: B prints the known, harmless
-# vmcore_init WARNING of research/qemu-kexec-jump-6.12.md on every boot.)
+# vmcore_init WARNING on every boot: A never crashed, so its crash notes are empty.)
 PANIC = r"Kernel panic - not syncing|BUG: |general protection fault|Oops: |Freezing user space processes failed"
 # what the guest prints (tests/vm/guest/init.sh, kjumpd.host.initramfs, kjumpd.machine)
 AGENT_READY = r"KJVM\[[\d.]+\] agent: ready"
