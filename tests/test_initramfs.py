@@ -170,6 +170,21 @@ def test_deterministic(stub_build, tmp_path):
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_temporary_archive_is_never_written_through_a_link(stub_build, tmp_path, monkeypatch):
+    """Issue 16.13: the archive is written to a fresh temporary file (O_EXCL, random name) and
+    renamed; a link planted where a predictable temporary name would be is not followed."""
+    _, pkg, out, _ = stub_build
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    (tmp_path / ".initrd.img.tmp4242").symlink_to(victim)
+    initramfs.build(str(tmp_path / "initrd.img"), package_dir=str(pkg))
+    assert victim.read_bytes() == b"precious"
+    assert (tmp_path / "initrd.img").read_bytes() == out.read_bytes()
+    assert stat.S_IMODE((tmp_path / "initrd.img").stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".initrd.img.tmp4242", "initrd.img", "victim"]
+
+
 @needs_root
 def test_python_runs_in_unpacked_tree(stub_build, tmp_path):
     _, _, out, _ = stub_build

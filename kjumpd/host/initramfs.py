@@ -466,9 +466,12 @@ def build(
 
         out_path = Path(output)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
+        # a fresh file (O_EXCL, random name, never through a link), renamed over the output when complete
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+        tmp_out = Path(tmp_name)
         try:
-            with open(tmp_out, "wb") as raw:
+            with open(fd, "wb") as raw:
+                os.fchmod(raw.fileno(), 0o644)
                 if compress == "gzip":
                     with gzip.GzipFile(filename="", mode="wb", fileobj=raw,
                                        compresslevel=compresslevel, mtime=mtime) as gz:
