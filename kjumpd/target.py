@@ -109,7 +109,7 @@ def probe_signatures(read: Callable[[int, int], bytes], size: int) -> list[Signa
     A table of well-known magic numbers at their fixed offsets (what
     libblkid looks for first), so that every stage can use it: B's initramfs
     has neither libblkid nor a ``blkid`` (Debian's static busybox lacks the
-    applet). :func:`blkid_signatures` adds libblkid's view where it exists.
+    applet). :func:`blkid_signatures` is asked where the table finds nothing.
     """
     blocks: dict[int, bytes] = {}
 
@@ -343,12 +343,9 @@ class ImageTarget:
                          f"`{self._init_hint()}` would make it a target")
 
     def signatures(self) -> list[Signature]:
-        """Other signatures on the target: the built-in table, then what libblkid adds (where installed)."""
-        found = probe_signatures(self.read, self.capacity)
-        for extra in blkid_signatures(self.path, self.offset):
-            if not any(extra.offset == s.offset and extra.offset >= 0 for s in found):
-                found.append(extra)
-        return found
+        """Other signatures on the target: the built-in table's; libblkid's (where installed) when the
+        table knows none of them, so that every stage names a known kind the same way."""
+        return probe_signatures(self.read, self.capacity) or blkid_signatures(self.path, self.offset)
 
     def survey(self) -> tuple[Superblock | None, list[str]]:
         """What initialising would destroy: (kjumpd superblock if valid, descriptions of everything else)."""
@@ -361,7 +358,7 @@ class ImageTarget:
         found: list[str] = []
         if superblock is None and block.startswith(SuperblockRecord.MAGIC):
             found.append(f"a kjumpd superblock this kjumpd cannot use ({problem})")
-        elif superblock is not None and superblock.state in (State.SAVING, State.SAVED, State.RESTORING):
+        elif superblock is not None and superblock.state in (State.SAVING, State.SAVED, State.RESUMING, State.RESTORING):
             found.append(f"a kjumpd hibernation image in state {superblock.state.name}")
         found += [str(s) for s in self.signatures()]
         if superblock is None and not found and any(self.read(0, min(self.capacity, DATA_OFFSET))):

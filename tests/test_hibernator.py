@@ -97,3 +97,28 @@ def test_staging_and_changed_settings(machine: SimulatedMachine) -> None:
     assert not h.is_staged(), "B's command line changed: it must be staged again"
     assert h.image_capacity() == 40 << 20
     assert 0 < h.estimated_image_size() <= h.image_capacity()
+
+
+def test_no_target_configured_is_said_so(machine: SimulatedMachine) -> None:
+    """Issue 10 §2: with no [Image] Target= the problem says so (it used to be "cannot open image
+    target /: Is a directory" on a real machine, the machine's directory here)."""
+    h = Hibernator(machine, settings(machine, image_target=""))
+    assert h.problems() == ["no image target is configured: set [Image] Target= in kjumpd.conf to a partition "
+                            "or file made kjumpd's with `kjumpctl target init`"]
+    assert h.image_capacity() == 0
+    with pytest.raises(RefusedError, match="no image target is configured"):
+        h.hibernate("shutdown")
+
+
+def test_a_target_that_is_not_kjumpds_is_a_problem_and_left_alone(machine: SimulatedMachine,
+                                                                  tmp_path: Path) -> None:
+    """Issue 10 §2: a target without kjumpd's signature is one clear problem; nothing is written to it."""
+    foreign = tmp_path / "foreign.img"
+    foreign.write_bytes(b"\x00" * 1080 + b"\x53\xef" + bytes((64 << 20) - 1082))    # an ext4 magic
+    before = foreign.read_bytes()
+    h = Hibernator(machine, settings(machine, image_target=str(foreign)))
+    assert h.problems() == [f"image target {foreign} is not kjumpd's: it carries ext2/ext3/ext4 file system "
+                            "(magic at byte 1080); refusing to touch it"]
+    with pytest.raises(RefusedError, match="not kjumpd's"):
+        h.hibernate("shutdown")
+    assert foreign.read_bytes() == before

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .. import image, kexec
-from ..errors import FormatError, KjumpError, MachineError, RefusedError
+from ..errors import FormatError, ImageError, KjumpError, MachineError, RefusedError
 from ..format import RESTART_POINTS, Compression, Handoff, State, Superblock
 from ..kexec import KernelParameters, LoadSpec
 from ..machine import Machine, MachineLostError
@@ -153,6 +153,9 @@ class Hibernator:
         return (region.start, region.size)
 
     def _open_target(self, *, writable: bool) -> ImageTarget:
+        if not self.settings.image_target:
+            raise ImageError("no image target is configured: set [Image] Target= in kjumpd.conf to a partition "
+                             "or file made kjumpd's with `kjumpctl target init`")
         return self.machine.open_target(self.settings.image_target, offset=self.settings.image_offset,
                                         writable=writable)
 
