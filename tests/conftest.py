@@ -66,7 +66,8 @@ BUS_FIXTURES = {"system_bus", "policy_bus"}
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Give every test its tier (pyproject.toml lists them): package, bus, or unit for the rest."""
     for item in items:
-        if item.get_closest_marker("vm") or item.get_closest_marker("system"):
+        # vm and system tests, and tests that give their tier themselves (the demo brings its own bus)
+        if any(item.get_closest_marker(tier) for tier in ("vm", "system", "bus", "package")):
             continue
         if item.path.name in PACKAGE_MODULES:
             item.add_marker(pytest.mark.package)

@@ -8,12 +8,18 @@ runs through the drop-in) jumps into B, which saves RAM to the image and
 powers off; the machine is powered on again, C's resume hook finds the image,
 R writes RAM back and jumps into A; the workload carries on from the counter
 value it had, and ``kjumpctl hibernate --wait`` returns 0.
+
+When kjumpd refuses to hibernate (``can-hibernate`` is not ``yes``), or the
+hibernation fails before the machine is off (``kjumpctl hibernate --wait``
+returns first), the demo stops at once with kjumpd's reason on stderr and
+exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -73,6 +79,15 @@ def show(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
         if stream.strip():
             print(textwrap.indent(stream.rstrip(), "  "), flush=True)
     return result
+
+
+def problems(kjumpctl: list[str], env: dict[str, str]) -> str:
+    """kjumpd's reasons for refusing to hibernate: its Problems property, as ``kjumpctl status`` reads it."""
+    status = subprocess.run(kjumpctl + ["status", "--json"], env=env, capture_output=True, text=True, check=False)
+    try:
+        return "; ".join(json.loads(status.stdout)["Problems"]) or "it gave no reason"
+    except (ValueError, KeyError):
+        return f"kjumpctl status failed: {status.stderr.strip()}"
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> object:
@@ -169,9 +184,10 @@ def run(workdir: str) -> int:
         kjumpctl = [PYTHON, "-m", "kjumpd.ctl"]
         wait_for(lambda: subprocess.run(kjumpctl + ["status"], env=env, capture_output=True).returncode == 0,
                  "kjumpd on the bus")
-        show(kjumpctl + ["prepare"], env)
+        prepared = show(kjumpctl + ["prepare"], env)
         show(kjumpctl + ["status"], env)
-        show(kjumpctl + ["can-hibernate"], env)
+        if show(kjumpctl + ["can-hibernate"], env).returncode != 0 or prepared.returncode != 0:
+            raise SystemExit(f"demo: kjumpd refuses to hibernate: {problems(kjumpctl, env)}")
 
         filled = fill_ram(machine)
         print(f"  A's RAM holds {filled >> 20} MiB of programs, text and random data; the rest is free (zero)")
@@ -191,7 +207,12 @@ def run(workdir: str) -> int:
         print(f"{DIM}# kjumpctl hibernate --wait{RESET}", flush=True)
         waiter = spawn(kjumpctl + ["hibernate", "--wait"], env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT)
-        wait_for(lambda: machine.running == "off", "the machine to power off", timeout=120)
+        wait_for(lambda: machine.running == "off" or waiter.poll() is not None, "the machine to power off",
+                 timeout=120)
+        if machine.running != "off":  # kjumpctl came back: kjumpd refused, or the hibernation failed in A or B
+            output, _ = waiter.communicate()
+            raise SystemExit(f"demo: kjumpctl hibernate --wait exited {waiter.returncode} before the machine "
+                             f"powered off: {output.decode().strip()}")
         frozen_at = last_line(workload_log)
         for event in machine.events():
             if event.get("event") in ("freeze", "kexec-execute", "jump", "power-off", "save-done",
