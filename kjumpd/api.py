@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 
-from .errors import Busy, InvalidOption, InvalidRestartPoint, KjumpError, NotReady, NotRunning
+from .errors import Busy, InvalidOption, InvalidRestartPoint, KjumpError, NotReady, NotRunning, TooLate
 
 BUS_NAME = "org.kjump.Hibernate1"
 OBJECT_PATH = "/org/kjump/Hibernate1"
@@ -30,6 +30,7 @@ ERROR_NAMES: dict[type[KjumpError], str] = {
     InvalidRestartPoint: ERROR_PREFIX + "InvalidRestartPoint",
     InvalidOption: ERROR_PREFIX + "InvalidOption",
     NotRunning: ERROR_PREFIX + "NotRunning",
+    TooLate: ERROR_PREFIX + "TooLate",
 }
 #: any other failure
 ERROR_FAILED = ERROR_PREFIX + "Failed"

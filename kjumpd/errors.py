@@ -47,3 +47,7 @@ class InvalidOption(KjumpError):
 
 class NotRunning(KjumpError):
     """Cancel was asked while no hibernation runs."""
+
+
+class TooLate(KjumpError):
+    """Cancel was asked after the hibernation passed its point of no return (the jump)."""

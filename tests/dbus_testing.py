@@ -154,7 +154,8 @@ class FakeHibernator:
 
     Each call is recorded in ``calls``. ``gate`` (when set) makes ``stage``
     and ``hibernate`` wait until the test sets it, so a test can act while a
-    job runs; ``fail`` makes ``hibernate`` report a failed cycle.
+    job runs; ``fail`` makes ``hibernate`` report a failed cycle;
+    ``past_jump`` makes ``hibernate`` pass its point of no return before the gate.
     """
 
     def __init__(self) -> None:
@@ -163,6 +164,7 @@ class FakeHibernator:
         self.gate: threading.Event | None = None
         self.started = threading.Event()
         self.fail = False
+        self.past_jump = False
         self.calls: list[tuple] = []
 
     def problems(self, *, force: bool = False) -> list[str]:
@@ -190,8 +192,13 @@ class FakeHibernator:
     def estimated_image_size(self) -> int:
         return 300 << 20
 
+    def thaw_left_frozen(self) -> list[str]:
+        return []
+
     def hibernate(self, restart_point: str, *, force: bool = False, progress: Any = None, cancel: Any = None) -> FakeResult:
         self.calls.append(("hibernate", restart_point, force))
+        if self.past_jump and cancel is not None and not cancel.commit():
+            return FakeResult(restart_point, False, "cancelled", "cancelled before the jump")
         self._wait_gate()
         if progress:
             progress("save", 0.5)

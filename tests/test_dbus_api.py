@@ -237,6 +237,26 @@ def test_cancel_stops_a_running_hibernation(kjumpd_service: InProcessDaemon, sys
     assert obj.LastResult["result"] == "cancelled" and obj.LastResult["success"] is False
 
 
+def test_cancel_after_the_jump_says_it_is_too_late(kjumpd_service: InProcessDaemon, system_bus: str, polkitd: Mock,
+                                                   fake_hibernator: FakeHibernator) -> None:
+    """Issue 16.11: a Cancel that comes after the point of no return fails with TooLate; the cycle runs on."""
+    import threading
+
+    polkitd.proxy.SetAllowed([HIBERNATE, MANAGE])
+    obj = proxy(system_bus)
+    fake_hibernator.gate = threading.Event()
+    fake_hibernator.past_jump = True
+    obj.Hibernate("shutdown")
+    assert fake_hibernator.started.wait(10)
+    with pytest.raises(GLib.Error) as excinfo:
+        obj.Cancel()
+    assert dbus_error(excinfo) == "org.kjump.Hibernate1.Error.TooLate"
+    assert "point of no return" in str(excinfo.value)
+    fake_hibernator.gate.set()
+    wait_for(lambda: last_result_ended(obj), "the hibernation to end")
+    assert obj.LastResult["result"] == "saved" and obj.LastResult["success"] is True
+
+
 def test_prepare_stages_the_kernel(kjumpd_service: InProcessDaemon, system_bus: str, polkitd: Mock,
                                    fake_hibernator: FakeHibernator) -> None:
     polkitd.proxy.SetAllowed([MANAGE])

@@ -192,3 +192,16 @@ def test_second_daemon_does_not_start(kjumpd_process: Daemon, tmp_path: Path, sy
     process = subprocess.run([sys.executable, "-m", "kjumpd.daemon", "--config", str(tmp_path / "etc"),
                               "--bus-address", system_bus], capture_output=True, text=True, timeout=60)
     assert process.returncode == 1 and "another process owns it" in process.stderr
+
+
+def test_start_thaws_what_a_dead_daemon_left_frozen(tmp_path: Path, machine: SimulatedMachine, system_bus: str,
+                                                     polkitd: Mock, logind: Mock) -> None:
+    """Issue 16.2 / 10.4: a daemon that died with file systems frozen; the next one thaws them on start."""
+    frozen = machine.freeze_filesystems()
+    assert frozen and machine.frozen_filesystems() == frozen
+    daemon = Daemon(write_config(tmp_path / "etc", machine), system_bus)
+    try:
+        assert machine.frozen_filesystems() == []
+        assert [e["mount"] for e in machine.events() if e["event"] == "thaw"] == list(reversed(frozen))
+    finally:
+        daemon.stop()

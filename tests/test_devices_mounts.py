@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kjumpd.daemon.devices import mount_of, read_mountinfo
+from kjumpd.mounts import mount_of, read_mountinfo
 from kjumpd.errors import MachineError
 
 

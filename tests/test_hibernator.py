@@ -99,6 +99,57 @@ def test_staging_and_changed_settings(machine: SimulatedMachine) -> None:
     assert 0 < h.estimated_image_size() <= h.image_capacity()
 
 
+def test_cancel_after_the_point_of_no_return_is_refused(machine: SimulatedMachine) -> None:
+    """Issue 16.11: once the jump is under way a cancel request says it is too late (and changes nothing)."""
+    from kjumpd.daemon.hibernator import Cancellation
+
+    cancel = Cancellation()
+    answers: list[bool] = []
+
+    class LateCanceller(Participant):
+        def before_jump(self) -> None:
+            super().before_jump()
+            answers.append(cancel.request())
+
+    h = Hibernator(machine, settings(machine), [LateCanceller("late", [])])
+    result = h.hibernate("resume", cancel=cancel)
+    assert answers == [False]
+    assert result.success and result.result == "saved"
+    early = Cancellation()
+    assert early.request() is True
+    assert h.hibernate("resume", cancel=early).result == "cancelled"
+
+
+def test_thaw_on_every_path_after_the_jump(machine: SimulatedMachine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16.2: reading the result after the jump fails (I/O error): every frozen file system is thawed
+    and every participant still gets its after_jump call."""
+    log: list[str] = []
+    h = Hibernator(machine, settings(machine), [Participant("udev", log)])
+
+    def broken(*_args: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(h, "_after_jump", broken)
+    with pytest.raises(OSError):
+        h.hibernate("suspend")
+    events = [e for e in machine.events() if e["event"] in ("freeze", "thaw")]
+    frozen = [e["mount"] for e in events if e["event"] == "freeze"]
+    assert frozen, "suspend freezes the file systems"
+    assert [e["mount"] for e in events if e["event"] == "thaw"] == list(reversed(frozen))
+    assert log == ["before udev", "after udev"]
+    assert machine.frozen_filesystems() == []
+
+
+def test_thaw_what_a_crash_left_frozen(machine: SimulatedMachine) -> None:
+    """Issue 16.2: a daemon that died with file systems frozen: the next start thaws them."""
+    frozen = machine.freeze_filesystems()
+    assert frozen and machine.frozen_filesystems() == frozen
+    h = Hibernator(machine, settings(machine))
+    assert h.thaw_left_frozen() == frozen
+    assert machine.frozen_filesystems() == []
+    assert h.thaw_left_frozen() == []
+
+
 def test_no_target_configured_is_said_so(machine: SimulatedMachine) -> None:
     """Issue 10 §2: with no [Image] Target= the problem says so (it used to be "cannot open image
     target /: Is a directory" on a real machine, the machine's directory here)."""

@@ -23,9 +23,9 @@ from kjumpd.machine.real import (
     RealMachine,
     freeze_candidates,
     parse_cpu_list,
-    parse_mountinfo,
 )
 from kjumpd.memmap import Range
+from kjumpd.mounts import parse_mountinfo
 
 MOUNTINFO = """\
 22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:5 - proc proc rw
@@ -50,7 +50,26 @@ def test_snapshot_and_freeze_ioctl_numbers() -> None:
 def test_freeze_candidates_are_local_writable_and_deepest_first() -> None:
     mounts = parse_mountinfo(MOUNTINFO)
     assert mounts[4].mount_point == "/home/alice backup"
-    assert freeze_candidates(mounts) == ["/srv/data", "/home", "/"]
+    # /boot/efi is a read-only mount of a writable vfat: it is tried (vfat then says EOPNOTSUPP)
+    assert freeze_candidates(mounts) == ["/boot/efi", "/srv/data", "/home", "/"]
+
+
+# The same machine as seen inside kjumpd.service: ProtectSystem=strict makes every mount a read-only bind
+# mount; ProtectHome=yes covers /home with an inaccessible file system; PrivateTmp= binds a directory of /.
+SANDBOXED_MOUNTINFO = """\
+1 0 254:1 / / ro,relatime shared:1 - ext4 /dev/vda1 rw,errors=remount-ro
+30 1 254:17 / /home ro,relatime shared:9 - xfs /dev/vdb1 rw
+34 1 254:49 / /srv/data ro,relatime shared:12 - ext4 /dev/mapper/vg-data rw
+40 1 254:1 /tmp/systemd-private-1/tmp /tmp rw,relatime - ext4 /dev/vda1 rw,errors=remount-ro
+41 30 0:60 / /home ro,nosuid - tmpfs tmpfs ro,mode=000
+"""
+
+
+def test_freeze_candidates_inside_the_sandbox() -> None:
+    """Issue 10.4: read-only bind mounts of writable file systems are frozen; an overmounted path is not."""
+    assert freeze_candidates(parse_mountinfo(SANDBOXED_MOUNTINFO)) == ["/srv/data", "/"]
+    readable_home = SANDBOXED_MOUNTINFO.replace("41 30 0:60 / /home ro,nosuid - tmpfs tmpfs ro,mode=000\n", "")
+    assert freeze_candidates(parse_mountinfo(readable_home)) == ["/srv/data", "/home", "/"]
 
 
 def test_cpu_list() -> None:
@@ -137,17 +156,19 @@ def test_execute_ignores_kexec_exit_status(root: Path) -> None:
 
 
 def test_freeze_order_and_thaw_in_reverse(root: Path) -> None:
+    (root / "boot/efi").mkdir(parents=True)
     rec = Recorder()
     m = machine(root, rec)
     frozen = m.freeze_filesystems()
-    assert frozen == ["/srv/data", "/home", "/"]
+    assert frozen == ["/boot/efi", "/srv/data", "/home", "/"]
     assert m.thaw_filesystems(frozen) == []
     names = [(c[1], c[3]) for c in rec.calls]
-    assert names == [(FIFREEZE, "data"), (FIFREEZE, "home"), (FIFREEZE, os.path.basename(str(root))),
-                     (FITHAW, os.path.basename(str(root))), (FITHAW, "home"), (FITHAW, "data")]
+    assert names == [(FIFREEZE, "efi"), (FIFREEZE, "data"), (FIFREEZE, "home"), (FIFREEZE, os.path.basename(str(root))),
+                     (FITHAW, os.path.basename(str(root))), (FITHAW, "home"), (FITHAW, "data"), (FITHAW, "efi")]
 
 
 def test_freeze_failure_thaws_what_was_frozen(root: Path) -> None:
+    (root / "boot/efi").mkdir(parents=True)
     rec = Recorder()
     m = machine(root, rec)
     calls = []
@@ -161,7 +182,7 @@ def test_freeze_failure_thaws_what_was_frozen(root: Path) -> None:
     m._ioctl = ioctl
     with pytest.raises(MachineError, match="cannot freeze /home: Device or resource busy"):
         m.freeze_filesystems()
-    assert calls == [(FIFREEZE, "data"), (FIFREEZE, "home"), (FITHAW, "data")]
+    assert calls == [(FIFREEZE, "efi"), (FIFREEZE, "data"), (FIFREEZE, "home"), (FITHAW, "data"), (FITHAW, "efi")]
 
 
 def test_s4_through_dev_snapshot(root: Path) -> None:

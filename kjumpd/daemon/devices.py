@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -38,6 +37,7 @@ import pyudev
 from gi.repository import GLib
 
 from ..errors import MachineError, RefusedError
+from ..mounts import Mount, mount_of, read_mountinfo
 
 log = logging.getLogger(__name__)
 
@@ -61,63 +61,6 @@ _DISK_KEYS = (("serial", "ID_SERIAL"), ("wwn", "ID_WWN"))
 _STABLE_KEYS = tuple(k for k, _ in _DISK_KEYS + _DEVICE_KEYS)
 # keys whose change means "not the same target" (devname may change across a replug: that is fine)
 _COMPARED_KEYS = _STABLE_KEYS + ("size", "inode")
-
-
-# --- mounts ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mount:
-    """One line of ``/proc/self/mountinfo``."""
-
-    mount_point: str
-    major: int
-    minor: int
-    fstype: str
-    source: str
-    writable: bool
-
-
-def _unescape(field: str) -> str:
-    """Undo mountinfo's octal escapes (``\\040`` is a space)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[Mount]:
-    """Parse a mountinfo file (proc(5)); a mount is writable when both its mount and superblock options say ``rw``.
-
-    Raises MachineError naming the file when it cannot be read or a line is malformed.
-    """
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise MachineError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    mounts = []
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            sep = fields.index("-", 6)
-            major, minor = (int(n) for n in fields[2].split(":"))
-            fstype, source, super_options = fields[sep + 1], fields[sep + 2], fields[sep + 3]
-        except (ValueError, IndexError) as exc:
-            raise MachineError(f"{path}:{number}: malformed mountinfo line {line!r}") from exc
-        writable = "rw" in fields[5].split(",") and "rw" in super_options.split(",")
-        mounts.append(Mount(_unescape(fields[4]), major, minor, fstype, _unescape(source), writable))
-    return mounts
-
-
-def mount_of(path: str, mounts: Iterable[Mount]) -> Mount | None:
-    """The mount that holds ``path`` (an absolute path without symbolic links): the longest, latest mount point."""
-    best: Mount | None = None
-    for mount in mounts:
-        prefix = mount.mount_point.rstrip("/") + "/"
-        if path == mount.mount_point or path.startswith(prefix):
-            if best is None or len(mount.mount_point) >= len(best.mount_point):
-                best = mount
-    return best
 
 
 # --- the udev view at one moment ----------------------------------------------------------------------

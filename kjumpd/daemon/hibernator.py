@@ -46,6 +46,39 @@ class HibernateSettings:
     kernel_arguments: str = ""   # extra arguments for B/R
 
 
+class Cancellation:
+    """A request to cancel one hibernation, refused once the hibernation is past its point of no return.
+
+    The daemon calls :meth:`request` (from the main loop); the worker thread
+    calls :meth:`commit` just before it freezes and jumps. Whichever comes
+    first wins, under one lock: a cancel that ``request`` accepted is always
+    honoured, one it refused never was.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requested = False
+        self._committed = False
+
+    def request(self) -> bool:
+        """Ask to cancel; False when it is too late (the jump is under way or over)."""
+        with self._lock:
+            if not self._committed:
+                self._requested = True
+            return self._requested
+
+    def is_set(self) -> bool:
+        """True once a cancel was accepted (``threading.Event``'s name, so an Event works too)."""
+        return self._requested
+
+    def commit(self) -> bool:
+        """Pass the point of no return; False when a cancel came first."""
+        with self._lock:
+            if not self._requested:
+                self._committed = True
+            return self._committed
+
+
 class JumpParticipant(Protocol):
     """Something that must act around the jump (the udev device tracker)."""
 
@@ -197,6 +230,10 @@ class Hibernator:
             problems.extend(participant.problems(force=force))
         return problems
 
+    def thaw_left_frozen(self) -> list[str]:
+        """At daemon start: thaw the file systems a daemon that died mid-hibernation left frozen."""
+        return self.machine.thaw_left_frozen()
+
     # --- staging ----------------------------------------------------------
 
     def is_staged(self) -> bool:
@@ -226,11 +263,13 @@ class Hibernator:
     # --- hibernation ------------------------------------------------------
 
     def hibernate(self, restart_point: str, *, force: bool = False, progress: Progress | None = None,
-                  cancel: threading.Event | None = None) -> HibernateResult:
+                  cancel: Cancellation | threading.Event | None = None) -> HibernateResult:
         """Hibernate with ``restart_point``; blocks until A runs again.
 
         RefusedError (nothing touched) when it cannot be done now; otherwise
-        a HibernateResult, also for a failed save (A carries on).
+        a HibernateResult, also for a failed save (A carries on). ``cancel``
+        is looked at before each step up to the point of no return (just
+        before freezing); a :class:`Cancellation` then refuses later requests.
         """
         if restart_point not in RESTART_POINTS:
             raise RefusedError(f"unknown restart point {restart_point!r}; expected one of {', '.join(RESTART_POINTS)}")
@@ -242,7 +281,7 @@ class Hibernator:
             self._lock.release()
 
     def _hibernate(self, restart_point: str, force: bool, progress: Progress,
-                   cancel: threading.Event | None) -> HibernateResult:
+                   cancel: Cancellation | threading.Event | None) -> HibernateResult:
         started = time.monotonic()
         durations: dict[str, float] = {}
         progress("checking", 0.0)
@@ -289,7 +328,7 @@ class Hibernator:
                 image.write_handoff(target, handoff)
             except KjumpError as exc:
                 return outcome(False, OUTCOME_FAILED, f"writing the handoff failed: {exc}")
-            if cancelled():
+            if cancelled() or (isinstance(cancel, Cancellation) and not cancel.commit()):
                 return outcome(False, OUTCOME_CANCELLED, "cancelled before the jump")
             return self._jump(target, restart_point, sequence, progress, outcome, durations)
 
@@ -318,27 +357,32 @@ class Hibernator:
         resumed = False
         result = ""
         superblock: Superblock | None = None
-        if not failure:
-            progress("jump", 0.6)
-            jumped = time.monotonic()
-            said = ""
-            try:
-                said = self.machine.kexec_execute()
-            except MachineLostError:
-                raise
-            except MachineError as exc:
-                failure = str(exc)
-            durations["away"] = time.monotonic() - jumped
+        lost = False    # the simulated machine booted without A: nothing of A is left to thaw
+        try:
             if not failure:
-                superblock, resumed, failure, result = self._after_jump(target, sequence, said)
-        thaw_problems = self.machine.thaw_filesystems(frozen)
-        if thaw_problems:
-            details["thaw-problems"] = thaw_problems
-        for participant in reversed(ready):
-            try:
-                details.update(participant.after_jump())
-            except Exception as exc:  # report, but every participant gets its call
-                details.setdefault("after-jump-problems", []).append(str(exc))  # type: ignore[union-attr]
+                progress("jump", 0.6)
+                jumped = time.monotonic()
+                said = ""
+                try:
+                    said = self.machine.kexec_execute()
+                except MachineLostError:
+                    lost = True
+                    raise
+                except MachineError as exc:
+                    failure = str(exc)
+                durations["away"] = time.monotonic() - jumped
+                if not failure:
+                    superblock, resumed, failure, result = self._after_jump(target, sequence, said)
+        finally:  # whatever happened after the freeze, nothing stays frozen or unbound
+            if not lost:
+                thaw_problems = self.machine.thaw_filesystems(frozen)
+                if thaw_problems:
+                    details["thaw-problems"] = thaw_problems
+                for participant in reversed(ready):
+                    try:
+                        details.update(participant.after_jump())
+                    except Exception as exc:  # report, but every participant gets its call
+                        details.setdefault("after-jump-problems", []).append(str(exc))  # type: ignore[union-attr]
         progress("done", 1.0)
         if superblock is not None:
             durations["save"] = superblock.save_duration_ns / 1e9

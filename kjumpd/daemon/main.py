@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import KjumpError
+from ..errors import KjumpError, TooLate
 from . import config as configmod
 from .config import Config, ConfigError
 from .manager import HIBERNATING, HibernatorLike, Manager, Schedule, TrackerParticipant
@@ -61,7 +61,8 @@ def make_manager(config: Config, schedule: Schedule) -> Manager:
     """The daemon's Manager: the Hibernator of ``make_hibernator`` and the udev device tracker, every
     change of which makes the manager look again (``refresh``) on the main loop.
 
-    One place for this wiring, so that tests build the daemon exactly as ``main()`` does.
+    One place for this wiring, so that tests build the daemon exactly as ``main()`` does. Whatever a
+    daemon that died mid-hibernation left frozen is thawed here, before anything else.
     """
     manager_ref: list[Manager] = []
 
@@ -70,6 +71,7 @@ def make_manager(config: Config, schedule: Schedule) -> Manager:
 
     manager = Manager(config, make_hibernator, schedule, tracker_factory)
     manager_ref.append(manager)
+    manager.hibernator.thaw_left_frozen()   # a daemon that died mid-hibernation must not leave A frozen
     return manager
 
 
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         notify(f"STATUS=cannot start: {exc}")
         return 1
+    manager.hibernator.discard_stale_image()   # one image, one chance: boots without kjumpd's hook
     loop = GLib.MainLoop()
     try:
         service = dbus_service.Service.start(manager, args.bus_address, on_bus_lost=loop.quit)
@@ -138,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         notify("STOPPING=1")
         if manager.get("State") == HIBERNATING:
             log.info("SIGTERM during a hibernation: cancelling it, then stopping")
-            manager.cancel()
+            try:
+                manager.cancel()
+            except TooLate:
+                log.info("the hibernation is past the jump: stopping when it has ended")
         manager.when_idle(loop.quit)
         return GLib.SOURCE_CONTINUE
 

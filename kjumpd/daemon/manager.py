@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import __version__
-from ..errors import Busy, InvalidOption, InvalidRestartPoint, KjumpError, NotReady, NotRunning, RefusedError
+from ..errors import Busy, InvalidOption, InvalidRestartPoint, KjumpError, NotReady, NotRunning, RefusedError, TooLate
 from ..format import RESTART_POINTS
 from .config import Config
+from .hibernator import Cancellation
 
 log = logging.getLogger("kjumpd")
 
@@ -41,8 +42,10 @@ class HibernatorLike(Protocol):
     def region(self) -> tuple[int, int]: ...
     def image_capacity(self) -> int: ...
     def estimated_image_size(self) -> int: ...
+    def discard_stale_image(self) -> str: ...
     def hibernate(self, restart_point: str, *, force: bool = False, progress: Any = None,
                   cancel: Any = None) -> Any: ...
+    def thaw_left_frozen(self) -> list[str]: ...
 
 
 class Observer(Protocol):
@@ -92,7 +95,7 @@ class _Work:
     """The job running in the worker thread."""
 
     kind: str
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: Cancellation = field(default_factory=Cancellation)
     when_done: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -229,11 +232,13 @@ class Manager:
             self._run(self._start(PREPARING), self.hibernator.stage, self._prepare_done)
 
     def cancel(self) -> None:
-        """Ask the running hibernation to stop before the jump."""
+        """Ask the running hibernation to stop before the jump; TooLate once it is past that point."""
         if self._work is None or self._work.kind != HIBERNATING:
             raise NotRunning("no hibernation is running")
+        if not self._work.cancel.request():
+            raise TooLate("the hibernation is past its point of no return (freezing and the jump): "
+                          "it can no longer be cancelled")
         log.info("cancel requested")
-        self._work.cancel.set()
 
     def prepare_for_sleep(self, done: Callable[[], None]) -> None:
         """Before any sleep: make sure the kernel is staged, then call ``done`` (on the main loop)."""

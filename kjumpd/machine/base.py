@@ -200,6 +200,15 @@ class Machine(ABC):
     def thaw_filesystems(self, mounts: Sequence[str]) -> list[str]:
         """FITHAW ``mounts`` in reverse order; returns error messages (never raises)."""
 
+    @abstractmethod
+    def thaw_left_frozen(self) -> list[str]:
+        """Thaw every file system a crashed daemon left frozen; returns the mount points thawed (never raises).
+
+        Called when the daemon starts: Linux cannot say which file systems
+        are frozen, so the real machine tries FITHAW on every freeze
+        candidate, which a file system that is not frozen refuses (EINVAL).
+        """
+
     # --- console ----------------------------------------------------------
 
     def console(self, message: str) -> None:

@@ -18,12 +18,12 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from .. import kexec
 from ..errors import MachineError
 from ..kexec import LoadSpec, Runner
 from ..memmap import Range, read_system_ram
+from ..mounts import Mount, parse_mountinfo
 from ..physmem import DevMem, PhysicalMemory
 from .base import Fingerprint, Machine
 
@@ -65,56 +65,25 @@ RESOLVABLE_LINK_PREFIXES = ("/dev/disk/by-partuuid/", "/dev/disk/by-uuid/", "/de
 UNFREEZABLE_FSTYPES = frozenset({"fuseblk", "iso9660", "udf", "squashfs", "erofs"})
 
 
-@dataclass(frozen=True)
-class Mount:
-    """One line of ``/proc/self/mountinfo`` that matters for freezing."""
-
-    device: str        # major:minor, the same for every mount of one filesystem
-    mount_point: str
-    fstype: str
-    source: str
-    writable: bool
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Parse ``/proc/self/mountinfo``."""
-    mounts = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        left, sep, right = line.partition(" - ")
-        head, tail = left.split(), right.split()
-        if not sep or len(head) < 6 or len(tail) < 3:
-            raise MachineError(f"unexpected mountinfo line: {line!r}")
-        writable = "rw" in head[5].split(",") and "rw" in tail[2].split(",")
-        mounts.append(Mount(head[2], _unescape(head[4]), tail[0], _unescape(tail[1]), writable))
-    return mounts
-
-
 def freeze_candidates(mounts: Sequence[Mount]) -> list[str]:
-    """Mount points of the local writable filesystems, each filesystem once, deepest first.
+    """Mount points of the local writable file systems, each file system once, deepest first.
 
-    Local means backed by a block device (``/dev/…`` source); a filesystem
-    mounted read-write anywhere counts once, at its shortest mount point.
-    Deepest first, so a parent is never frozen before a filesystem mounted
-    below it (its mount point would have to be opened on a frozen parent).
+    Local means backed by a block device (``/dev/…`` source). Writable is the
+    superblock's flag, not the mount's: in kjumpd's namespace
+    (``ProtectSystem=strict``) every mount is a read-only bind mount, yet
+    FIFREEZE acts on the file system through any of its mounts. A mount point
+    covered by a later mount (``ProtectHome=``, ``PrivateTmp=``) cannot be
+    opened and is skipped; each file system counts once, at its shortest
+    reachable mount point. Deepest first, so a parent is never frozen before a
+    file system mounted below it (its mount point would have to be opened on a
+    frozen parent).
     """
+    covered = {m.mount_point: i for i, m in enumerate(mounts)}   # the last mount at each path wins
     chosen: dict[str, str] = {}
-    for m in mounts:
-        if not (m.writable and m.source.startswith("/dev/") and m.fstype not in UNFREEZABLE_FSTYPES):
+    for i, m in enumerate(mounts):
+        if not (m.super_writable and m.source.startswith("/dev/") and m.fstype not in UNFREEZABLE_FSTYPES):
+            continue
+        if covered[m.mount_point] != i:
             continue
         current = chosen.get(m.device)
         if current is None or len(m.mount_point) < len(current):
@@ -474,6 +443,25 @@ class RealMachine(Machine):
                                    + ("; " + "; ".join(problems) if problems else "")) from exc
             frozen.append(mount_point)
         return frozen
+
+    def thaw_left_frozen(self) -> list[str]:
+        """FITHAW every freeze candidate; EINVAL (not frozen) is the normal answer and is not reported."""
+        thawed = []
+        try:
+            candidates = freeze_candidates(parse_mountinfo(self._read("/proc/self/mountinfo")))
+        except MachineError as exc:
+            log.error("cannot look for frozen file systems: %s", exc)
+            return []
+        for mount_point in reversed(candidates):
+            try:
+                self._fs_ioctl(mount_point, FITHAW)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    log.error("cannot thaw %s: %s", mount_point, exc.strerror)
+                continue
+            log.warning("%s was left frozen (kjumpd stopped during a hibernation): thawed", mount_point)
+            thawed.append(mount_point)
+        return thawed
 
     def thaw_filesystems(self, mounts: Sequence[str]) -> list[str]:
         """FITHAW in reverse order of freezing."""

@@ -77,6 +77,8 @@ FAULTS = {
     "suspend_power_loss": "the power goes while in S3 (the image must be resumed)",
     "platform_error": "S4 through /dev/snapshot fails with this message",
     "freeze_error": "freezing this mount point fails",
+    "b_power_error": "powering off or rebooting fails with this message in B (B returns to A)",
+    "restore_crashes": "R's kernel panics this many times before its program runs (and reboots)",
 }
 
 
@@ -400,6 +402,13 @@ class SimulatedMachine(Machine):
     def _exec_restore(self, spec: LoadSpec) -> None:
         self.record("jump", to="R")
         self._update(running="R")
+        crashes = int(self._fault("restore_crashes") or 0)
+        if crashes:
+            self.inject_fault("restore_crashes", crashes - 1 or None)
+            self.record("crash", why="R's kernel panicked before the restore program ran")
+            self._update(running="off")
+            self.power_on()
+            _flush_and_exit(0)
         command_line = f"{spec.command_line} kjump.machine=simulated:{self.path}"
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
@@ -543,8 +552,14 @@ class SimulatedMachine(Machine):
         if self.kernel != "A":
             _flush_and_exit(0)
 
+    def _b_power_error(self, what: str) -> None:
+        message = self._fault("b_power_error")
+        if message and self.kernel == "B":
+            raise MachineError(f"{what} failed: {message}")
+
     def power_off(self) -> None:
         """S5. In A, returns only once the image was resumed (see docs/machine.md)."""
+        self._b_power_error("power off")
         if self.kernel == "A":
             self._wait_for_resume(lambda: self._leave("power-off"))
         else:
@@ -552,6 +567,7 @@ class SimulatedMachine(Machine):
 
     def reboot(self) -> None:
         """Power-cycle at once: the next boot runs C."""
+        self._b_power_error("reboot")
         if self.kernel == "A":
             self._wait_for_resume(lambda: (self._leave("reboot"), self.power_on()))
             return
@@ -638,7 +654,7 @@ class SimulatedMachine(Machine):
         self.record("sync")
 
     def freeze_filesystems(self) -> list[str]:
-        """Record freezing each configured filesystem (deepest first)."""
+        """Record freezing each configured filesystem (deepest first); the state remembers what is frozen."""
         frozen: list[str] = []
         failing = self._fault("freeze_error")
         for mount in sorted(self.hardware.get("filesystems", []), key=lambda p: (-p.rstrip("/").count("/"), p)):
@@ -648,13 +664,25 @@ class SimulatedMachine(Machine):
                                    + ("; " + "; ".join(problems) if problems else ""))
             self.record("freeze", mount=mount)
             frozen.append(mount)
+            self._update(frozen=self.frozen_filesystems() + [mount])
         return frozen
 
     def thaw_filesystems(self, mounts: Sequence[str]) -> list[str]:
         """Record thawing, in reverse order."""
         for mount in reversed(list(mounts)):
             self.record("thaw", mount=mount)
+            self._update(frozen=[m for m in self.frozen_filesystems() if m != mount])
         return []
+
+    def frozen_filesystems(self) -> list[str]:
+        """The filesystems frozen now, in the order they were frozen (the kernel's state, kept in ``state.json``)."""
+        return list(self._state().get("frozen", []))
+
+    def thaw_left_frozen(self) -> list[str]:
+        """Thaw whatever is still frozen (a daemon that died between freeze and thaw)."""
+        frozen = self.frozen_filesystems()
+        self.thaw_filesystems(frozen)
+        return frozen
 
 
 def main(argv: list[str] | None = None) -> int:
