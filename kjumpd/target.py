@@ -168,22 +168,14 @@ def blkid_signatures(path: str, offset: int) -> list[Signature]:
     if result.returncode != 0:
         return []
     values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    found = []
+    found = []          # blkid -p does not say where the magic lies (offset -1)
     if "TYPE" in values:
         usage = f" ({values['USAGE']})" if values.get("USAGE") else ""
         label = f" labelled {values['LABEL']!r}" if values.get("LABEL") else ""
-        found.append(Signature(f"{values['TYPE']}{usage}{label}", _int(values.get("SBMAGIC_OFFSET")), "libblkid"))
+        found.append(Signature(f"{values['TYPE']}{usage}{label}", -1, "libblkid"))
     if "PTTYPE" in values:
-        found.append(Signature(f"{values['PTTYPE']} partition table", _int(values.get("PTMAGIC_OFFSET")),
-                               "libblkid"))
+        found.append(Signature(f"{values['PTTYPE']} partition table", -1, "libblkid"))
     return found
-
-
-def _int(text: str | None) -> int:
-    try:
-        return int(text or "", 0)
-    except ValueError:
-        return -1
 
 
 # --- the target ---------------------------------------------------------------------

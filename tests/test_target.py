@@ -216,3 +216,14 @@ def test_superblock_block_is_all_there_is_to_a_fresh_target(tmp_path: Path) -> N
     data = path.read_bytes()
     assert data[:8] == b"KJSUPERB" and not any(data[SUPERBLOCK_SIZE:DATA_OFFSET])
     assert data[DATA_OFFSET:] == b"\x77" * (SIZE - DATA_OFFSET)
+
+
+def test_libblkid_names_what_the_table_does_not_know(tmp_path: Path) -> None:
+    """A minix file system is not in the built-in table: where util-linux's blkid is installed (A, and
+    the tests) libblkid names it; the target is refused either way."""
+    path = blank(tmp_path / "t")
+    made = subprocess.run(["mkfs.minix", str(path)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert_refused(path, r"is not kjumpd's: it carries minix \(filesystem\); refusing to touch it")
+    refused = kjumpctl("target", "init", path)
+    assert refused.returncode == 1 and "holds minix (filesystem)" in refused.stderr
