@@ -59,12 +59,16 @@ def kjumpd_service(system_bus: str, polkitd: Mock, logind: Mock, fake_hibernator
 
 #: modules whose tests build or install the Debian package
 PACKAGE_MODULES = {"test_packaging.py"}
+#: modules whose tests run whole programs: the simulated machine's B/R/C processes, kjumpctl and the
+#: bench as commands, initramfs builds, loop devices, umockdev's test bed
+INTEGRATION_MODULES = {"test_cycle_sim.py", "test_ctl_image.py", "test_initramfs.py", "test_initramfs_hook.py",
+                       "test_target_devices.py", "test_bench_sample.py", "test_devices.py", "test_restore_stream.py"}
 #: fixtures that bring up a dbus-daemon (the others build on these)
-BUS_FIXTURES = {"system_bus", "policy_bus"}
+BUS_FIXTURES = {"system_bus", "strict_bus"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give every test its tier (pyproject.toml lists them): package, bus, or unit for the rest."""
+    """Give every test its tier (pyproject.toml lists them): package, bus, integration, or unit for the rest."""
     for item in items:
         # vm and system tests, and tests that give their tier themselves (the demo brings its own bus)
         if any(item.get_closest_marker(tier) for tier in ("vm", "system", "bus", "package")):
@@ -73,5 +77,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.package)
         elif BUS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.bus)
+        elif item.path.name in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
         else:
             item.add_marker(pytest.mark.unit)
