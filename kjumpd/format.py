@@ -53,6 +53,14 @@ MAX_PFN = 1 << 40                                   # 52-bit physical addresses
 
 RESTART_POINTS = ("resume", "suspend", "platform", "shutdown", "reboot")
 
+# Encrypted images (docs/format.md, "Encrypted images"; the cryptography is kjumpd/seal.py).
+# Each is an incompatible flag, so a reader that does not know it refuses the record.
+HANDOFF_FLAG_SEAL = 0x1        # the handoff ends with the public key B seals the image to
+SUPERBLOCK_FLAG_SEALED = 0x1   # the superblock ends with the image's envelope (SEAL_SIZE bytes)
+SEAL_SIZE = 128
+PUBLIC_KEY_SIZE = 32
+AEAD_TAG_SIZE = 16
+
 
 class State(IntEnum):
     """Superblock states (docs/format.md); an image is restored at most once."""
@@ -359,6 +367,7 @@ class Handoff:
     sequence: int = 0
     created_ns: int = 0
     target_id: str = ""
+    recipient: bytes = b""      # X25519 public key to seal the image to; empty: not encrypted
 
     MAGIC: ClassVar[bytes] = b"KJHANDOF"
 
@@ -380,13 +389,17 @@ class HandoffRecord(_Record):
     # magic ver flags length | seq created | identity(160) | restart compression | region low | target_id | checksum
     STRUCT = struct.Struct("<8sHHI" "QQ" "160s" "II" "QQQQ" "64s" "Q")
     MAX_LENGTH = HANDOFF_MAX
+    KNOWN_FLAGS = HANDOFF_FLAG_SEAL
 
     @classmethod
     def pack(cls, h: Handoff) -> bytes:
         """Serialise a handoff (see :meth:`Handoff.pack`)."""
-        tail = MemoryMapRecord.encode(h.memmap)
+        if h.recipient and len(h.recipient) != PUBLIC_KEY_SIZE:
+            raise FormatError(f"the public key to seal to has {len(h.recipient)} bytes, not {PUBLIC_KEY_SIZE}")
+        tail = MemoryMapRecord.encode(h.memmap) + h.recipient
         length = cls.STRUCT.size + len(tail)
-        return cls._seal((cls.MAGIC, FORMAT_VERSION, 0, length, h.sequence, h.created_ns,
+        flags = HANDOFF_FLAG_SEAL if h.recipient else 0
+        return cls._seal((cls.MAGIC, FORMAT_VERSION, flags, length, h.sequence, h.created_ns,
                           h.identity.pack(), _restart_code(h.restart_point), int(h.compression),
                           h.region_base, h.region_size, h.low_base, h.low_size,
                           _cstr(h.target_id, 64, "target id")), tail)
@@ -395,16 +408,17 @@ class HandoffRecord(_Record):
     def unpack(cls, data: bytes | memoryview) -> Handoff:
         """Parse a handoff (see :meth:`Handoff.unpack`)."""
         fields, tail = cls._open(data)
-        (_, _, _, _, seq, created, ident, restart, comp, rbase, rsize, lbase, lsize, target, _) = fields
+        (_, _, flags, _, seq, created, ident, restart, comp, rbase, rsize, lbase, lsize, target, _) = fields
         memmap, used = MemoryMapRecord.decode(tail)
-        if used != len(tail):
+        recipient = tail[used:]
+        if len(recipient) != (PUBLIC_KEY_SIZE if flags & HANDOFF_FLAG_SEAL else 0):
             raise FormatError("handoff length does not match its memory map")
         try:
             compression = Compression(comp)
         except ValueError:
             raise FormatError(f"handoff names unknown compression {comp}") from None
         return Handoff(Identity.unpack(ident), _restart_name(restart), compression, rbase, rsize,
-                       lbase, lsize, memmap, seq, created, _uncstr(target, "target id"))
+                       lbase, lsize, memmap, seq, created, _uncstr(target, "target id"), recipient)
 
 
 # --- superblock -------------------------------------------------------------
@@ -446,6 +460,7 @@ class Superblock:
     reason: str = ""
     target_uuid: bytes = bytes(16)
     wiped_ns: int = 0
+    seal: bytes = b""           # the envelope of an encrypted image (kjumpd.seal.Envelope); empty: plain
 
     def evolve(self, **changes: object) -> "Superblock":
         """A copy with some fields changed."""
@@ -486,13 +501,17 @@ class SuperblockRecord(_Record):
         "64s256s"         # target id, reason
         "16sQ"            # target uuid, wiped
         "Q")              # checksum
-    MAX_LENGTH = STRUCT.size
+    MAX_LENGTH = STRUCT.size + SEAL_SIZE
+    KNOWN_FLAGS = SUPERBLOCK_FLAG_SEALED
 
     @classmethod
     def pack(cls, s: Superblock) -> bytes:
         """Serialise a superblock (see :meth:`Superblock.pack`)."""
         reason = s.reason.encode("utf-8")[:255].decode("utf-8", "ignore")
-        body = cls._seal((cls.MAGIC, FORMAT_VERSION, 0, cls.STRUCT.size,
+        if s.seal and len(s.seal) != SEAL_SIZE:
+            raise FormatError(f"the image's envelope has {len(s.seal)} bytes, not {SEAL_SIZE}")
+        body = cls._seal((cls.MAGIC, FORMAT_VERSION, SUPERBLOCK_FLAG_SEALED if s.seal else 0,
+                          cls.STRUCT.size + len(s.seal),
                           int(s.state), _restart_code(s.restart_point), s.result, int(s.compression),
                           s.chunk_pages, PAGE_SIZE, s.sequence, s.identity.pack(),
                           s.region_base, s.region_size, s.low_base, s.low_size, s.jump_back_entry,
@@ -500,7 +519,7 @@ class SuperblockRecord(_Record):
                           s.stream_checksum, s.handoff_checksum,
                           s.created_ns, s.saved_ns, s.restored_ns, s.save_duration_ns,
                           s.restore_duration_ns, _cstr(s.target_id, 64, "target id"),
-                          _cstr(reason, 256, "reason"), s.target_uuid, s.wiped_ns))
+                          _cstr(reason, 256, "reason"), s.target_uuid, s.wiped_ns), s.seal)
         return body.ljust(SUPERBLOCK_SIZE, b"\0")
 
     @classmethod
@@ -509,8 +528,11 @@ class SuperblockRecord(_Record):
         data = bytes(data[:SUPERBLOCK_SIZE])
         if not any(data):
             raise FormatError("no kjumpd superblock: the block is blank (the target is not initialised)")
-        fields, _ = cls._open(data)
-        if any(data[cls.STRUCT.size:]):
+        fields, seal = cls._open(data)
+        if len(seal) != (SEAL_SIZE if fields[2] & SUPERBLOCK_FLAG_SEALED else 0):
+            raise FormatError(f"superblock length {fields[3]} is out of bounds ({cls.STRUCT.size} bytes, "
+                              f"{cls.STRUCT.size + SEAL_SIZE} for an encrypted image)")
+        if any(data[cls.STRUCT.size + len(seal):]):
             raise FormatError("superblock has data after its end: the record is corrupt")
         (_, _, _, _, state, restart, result, comp, chunk_pages, page_size, seq, ident,
          rbase, rsize, lbase, lsize, entry, total, zero, chunks, sbytes, scsum, hcsum,
@@ -528,12 +550,13 @@ class SuperblockRecord(_Record):
         return Superblock(state_v, Identity.unpack(ident), seq, _restart_name(restart), result, comp_v,
                           chunk_pages, rbase, rsize, lbase, lsize, entry, total, zero, chunks, sbytes,
                           scsum, hcsum, created, saved, restored, sdur, rdur, _uncstr(target, "target id"),
-                          _uncstr(reason, "reason"), uuid, wiped)
+                          _uncstr(reason, "reason"), uuid, wiped, seal)
 
 
 # --- chunks and trailer -----------------------------------------------------
 
 CHUNK_FLAG_STORED_RAW = 0x1    # payload is the raw pages, whatever the image's compression
+CHUNK_FLAG_ENCRYPTED = 0x2     # payload is AES-256-GCM ciphertext and tag (AEAD_TAG_SIZE more bytes)
 
 
 @dataclass(frozen=True)
@@ -593,7 +616,7 @@ class ChunkRecord(_Record):
     MAGIC = ChunkHeader.MAGIC
     NAME = "chunk header"
     STRUCT = ChunkHeader.STRUCT
-    KNOWN_FLAGS = CHUNK_FLAG_STORED_RAW
+    KNOWN_FLAGS = CHUNK_FLAG_STORED_RAW | CHUNK_FLAG_ENCRYPTED
     MAX_LENGTH = ALIGN
 
     @classmethod
@@ -620,7 +643,8 @@ class ChunkRecord(_Record):
             raise FormatError(f"{where} zero bitmap has bits set past its end")
         if raw_len != (pages - header.zero_pages) * PAGE_SIZE:
             raise FormatError(f"{where} payload length does not match its zero-page bitmap")
-        if stored_len > raw_len or (flags & CHUNK_FLAG_STORED_RAW and stored_len != raw_len):
+        plain_len = stored_len - AEAD_TAG_SIZE if flags & CHUNK_FLAG_ENCRYPTED else stored_len
+        if not 0 <= plain_len <= raw_len or (flags & CHUNK_FLAG_STORED_RAW and plain_len != raw_len):
             raise FormatError(f"{where} stored length {stored_len} is impossible for {raw_len} bytes of pages")
         return header
 

@@ -27,7 +27,7 @@ import time
 import uuid as uuidlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import lz4.block
@@ -35,7 +35,8 @@ import xxhash
 import zstandard
 
 from .errors import FormatError, ImageError
-from .format import (ALIGN, CHUNK_FLAG_STORED_RAW, DATA_OFFSET, HANDOFF_MAX, HANDOFF_OFFSET,
+from . import seal as sealing
+from .format import (AEAD_TAG_SIZE, ALIGN, CHUNK_FLAG_ENCRYPTED, CHUNK_FLAG_STORED_RAW, DATA_OFFSET, HANDOFF_MAX, HANDOFF_OFFSET,
                      MAX_CHUNK_PAGES, RESULT_OK, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, ChunkHeader, Compression,
                      Handoff, Identity, State, Superblock, Trailer, checksum, stream_checksum_update)
 from .memmap import PAGE_SIZE, MemoryMap
@@ -57,7 +58,7 @@ R = TypeVar("R")
 def required_capacity(memmap: MemoryMap, chunk_pages: int = CHUNK_PAGES) -> int:
     """Worst-case bytes an image of ``memmap`` needs: every page stored raw, plus headers."""
     chunks = -(-memmap.total_pages // chunk_pages)
-    return DATA_OFFSET + memmap.total_bytes + chunks * ALIGN + ALIGN
+    return DATA_OFFSET + memmap.total_bytes + chunks * (ALIGN + AEAD_TAG_SIZE) + ALIGN
 
 
 # --- records ------------------------------------------------------------------
@@ -91,6 +92,8 @@ def set_state(target: ImageTarget, state: State, **fields: object) -> Superblock
     can no longer be reassembled, and the memory map and identity are gone.
     """
     superblock = read_superblock(target).evolve(state=state, **fields)
+    if state in CONSUMED and superblock.seal:
+        superblock = superblock.evolve(seal=sealing.destroyed_seal(superblock.seal))
     write_superblock(target, superblock)
     if state in CONSUMED:
         _scrub_headers(target, superblock)
@@ -153,8 +156,9 @@ def _ordered_map(pool: ThreadPoolExecutor, func: Callable[[T], R], items: Iterab
 class _Codec:
     """Per-thread compressor and decompressor objects (zstd's are not thread-safe)."""
 
-    def __init__(self, compression: Compression) -> None:
+    def __init__(self, compression: Compression, cipher: sealing.ImageCipher | None = None) -> None:
         self.compression = compression
+        self.cipher = cipher            # set for an encrypted image: every payload is sealed with it
         self._local = threading.local()
 
     def _zstd(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
@@ -244,8 +248,14 @@ def _encode_chunk(source: PhysicalMemory, memmap: MemoryMap, codec: _Codec, chun
             stored = compressed
         else:
             flags = CHUNK_FLAG_STORED_RAW
-    header = ChunkHeader(index, first, pages, len(payload), len(stored), checksum(payload),
-                         checksum(stored), bytes(bitmap), flags)
+    if codec.cipher is not None:        # no checksum of the plain pages: it would leak them
+        header = ChunkHeader(index, first, pages, len(payload), len(stored) + AEAD_TAG_SIZE, 0, 0,
+                             bytes(bitmap), flags | CHUNK_FLAG_ENCRYPTED)
+        stored = codec.cipher.encrypt_chunk(header, stored)
+        header = replace(header, stored_checksum=checksum(stored))
+    else:
+        header = ChunkHeader(index, first, pages, len(payload), len(stored), checksum(payload),
+                             checksum(stored), bytes(bitmap), flags)
     return _Encoded(header, header.pack(), stored, zeros)
 
 
@@ -328,9 +338,15 @@ def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_
         region_base=handoff.region_base, region_size=handoff.region_size, low_base=handoff.low_base,
         low_size=handoff.low_size, jump_back_entry=jump_back_entry, pages_total=memmap.total_pages,
         handoff_checksum=handoff_sum, created_ns=handoff.created_ns, target_id=handoff.target_id)
+    data_key, envelope, cipher = None, None, None
+    if handoff.recipient:
+        data_key, envelope = sealing.seal_new_key(handoff.recipient)
+        superblock = superblock.evolve(seal=envelope.pack())
+        cipher = sealing.ImageCipher(data_key, sealing.binding(superblock, handoff, target.uuid, envelope))
+        data_key[:] = bytes(len(data_key))
     write_superblock(target, superblock)
 
-    codec = _Codec(handoff.compression)
+    codec = _Codec(handoff.compression, cipher)
     chunks = -(-memmap.total_pages // chunk_pages)
     stream = xxhash.xxh3_64()
     zero_pages = 0
@@ -350,6 +366,8 @@ def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_
     trailer = Trailer(chunks, memmap.total_pages, zero_pages, stream_bytes, stream.intdigest())
     target.write(position, trailer.pack())
     target.sync()
+    if cipher is not None and envelope is not None:
+        superblock = superblock.evolve(seal=replace(envelope, stream_tag=cipher.stream_tag(trailer)).pack())
     superblock = superblock.evolve(
         state=State.SAVED, result=RESULT_OK, pages_zero=zero_pages, chunk_count=chunks,
         stream_bytes=stream_bytes, stream_checksum=trailer.stream_checksum, saved_ns=time.time_ns(),
@@ -401,7 +419,12 @@ def _chunks(target: ImageTarget, superblock: Superblock) -> Iterator[tuple[Chunk
         if (header.index, header.first_page, header.pages) != (
                 index, index * superblock.chunk_pages, expected_pages):
             raise ImageError(f"{where}: header describes chunk {header.index} — the stream is out of order")
-        if superblock.compression == Compression.NONE and header.stored_len != header.raw_len:
+        encrypted = bool(header.flags & CHUNK_FLAG_ENCRYPTED)
+        if encrypted != bool(superblock.seal):
+            raise ImageError(f"{where}: a{' n encrypted' if encrypted else ' plain'} chunk in a"
+                             f"{'n encrypted' if superblock.seal else ' plain'} image — the image is corrupt or forged")
+        if superblock.compression == Compression.NONE and \
+                header.stored_len != header.raw_len + (AEAD_TAG_SIZE if encrypted else 0):
             raise ImageError(f"{where}: stored length differs from the pages' in an uncompressed image")
         if position + header.total > target.capacity:
             raise ImageError(f"{where}: the chunk runs past the end of the image target — the image is truncated")
@@ -464,20 +487,26 @@ def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
     return superblock, handoff
 
 
-def _decode(codec: _Codec, header: ChunkHeader, stored: memoryview) -> bytes | memoryview:
+def _decode(codec: _Codec, header: ChunkHeader, stored: bytes | memoryview) -> bytes | memoryview:
+    encrypted = bool(header.flags & CHUNK_FLAG_ENCRYPTED)
+    if encrypted != (codec.cipher is not None):
+        raise FormatError("the chunk is encrypted but no key was given" if encrypted
+                          else "a plain chunk in an encrypted image")
+    if codec.cipher is not None:
+        stored = codec.cipher.decrypt_chunk(header, stored)     # authenticated: no raw checksum to check
     if header.raw_len == 0 or header.flags & CHUNK_FLAG_STORED_RAW:
         raw = stored                # all-zero chunks store nothing
     else:
         raw = codec.decompress(stored, header.raw_len)
-    if len(raw) != header.raw_len or checksum(raw) != header.raw_checksum:
+    if len(raw) != header.raw_len or (not encrypted and checksum(raw) != header.raw_checksum):
         raise FormatError("decoded pages do not match their checksum")
     return raw
 
 
 def _decoded(target: ImageTarget, superblock: Superblock, workers: int, progress: Progress | None,
-             phase: str) -> Iterator[tuple[ChunkHeader, bytes | memoryview]]:
-    """Every chunk decoded and checked, in order, decoding on a thread pool."""
-    codec = _Codec(superblock.compression)
+             phase: str, cipher: sealing.ImageCipher | None = None) -> Iterator[tuple[ChunkHeader, bytes | memoryview]]:
+    """Every chunk decoded (decrypted with ``cipher``) and checked, in order, decoding on a thread pool."""
+    codec = _Codec(superblock.compression, cipher)
     total = superblock.pages_total * PAGE_SIZE
 
     def work(item: tuple[ChunkHeader, memoryview]) -> tuple[ChunkHeader, bytes | memoryview]:
@@ -494,17 +523,61 @@ def _decoded(target: ImageTarget, superblock: Superblock, workers: int, progress
             yield header, raw
 
 
+def _image_cipher(target: ImageTarget, superblock: Superblock, handoff: Handoff,
+                  key: bytes | bytearray | None) -> sealing.ImageCipher | None:
+    """The cipher of an encrypted image, its summary authenticated with ``key``; None for a plain image.
+
+    ImageError when a key is given for a plain image (it may be a forgery:
+    whoever configured a key accepts only sealed images), when the image is
+    encrypted and its data key was destroyed, or when ``key`` does not
+    authenticate the superblock, handoff and trailer (wrong key, or altered
+    or mixed from another image). Reads only the records: run before
+    anything is written.
+    """
+    if not superblock.seal:
+        if key is not None:
+            raise ImageError("the image is not encrypted, but encrypted images are required here: "
+                             "it was not written by this machine's kjumpd with its key, or encryption was "
+                             "turned off")
+        return None
+    envelope = sealing.Envelope.unpack(superblock.seal)
+    if envelope.destroyed:
+        raise ImageError("the image's data key was destroyed")
+    if key is None:
+        return None
+    cipher = sealing.ImageCipher(key, sealing.binding(superblock, handoff, target.uuid, envelope))
+    cipher.check_stream_tag(Trailer(superblock.chunk_count, superblock.pages_total, superblock.pages_zero,
+                                    superblock.stream_bytes, superblock.stream_checksum), envelope.stream_tag)
+    return cipher
+
+
+def authenticate(target: ImageTarget, key: bytes | bytearray) -> Superblock:
+    """Check that ``key`` opens this encrypted image and that its records are B's (C, before R).
+
+    Reads only the records; ImageError why not (see :func:`_image_cipher`).
+    """
+    superblock, handoff = _usable(target)
+    if not superblock.seal:
+        raise ImageError("the image is not encrypted")
+    _image_cipher(target, superblock, handoff, key)
+    return superblock
+
+
 def verify(target: ImageTarget, *, deep: bool = False, progress: Progress | None = None,
-           workers: int = WORKERS) -> Superblock:
+           workers: int = WORKERS, key: bytes | bytearray | None = None) -> Superblock:
     """Check every record and every chunk's checksums of a restorable image; ImageError why not.
 
     That proves every stored byte is what B wrote. ``deep`` also decodes
     every chunk and checks the decoded pages (what restore does before it
-    writes anything).
+    writes anything); for an encrypted image it needs the data ``key``, with
+    which every chunk is authenticated.
     """
-    superblock, _ = _usable(target)
+    superblock, handoff = _usable(target)
+    cipher = _image_cipher(target, superblock, handoff, key)
     if deep:
-        for _ in _decoded(target, superblock, workers, progress, "verify"):
+        if superblock.seal and cipher is None:
+            raise ImageError("the image is encrypted: a deep verification needs its key")
+        for _ in _decoded(target, superblock, workers, progress, "verify", cipher):
             pass
         return superblock
     total = superblock.pages_total * PAGE_SIZE
@@ -542,11 +615,17 @@ def _scatter(dest: PhysicalMemory, memmap: MemoryMap, header: ChunkHeader, raw: 
 
 
 def restore(target: ImageTarget, dest: PhysicalMemory, *, progress: Progress | None = None,
-            expect: Identity | None = None, workers: int = WORKERS) -> Superblock:
+            expect: Identity | None = None, workers: int = WORKERS,
+            key: bytes | bytearray | None = None) -> Superblock:
     """Verify the whole image, then write its pages to ``dest`` and mark it consumed.
 
     Nothing is written to ``dest`` (or the target) unless the read-only pass
     found the image whole and, with ``expect``, made for this machine.
+
+    An encrypted image needs its data ``key``, which must authenticate the
+    records before anything is written; then every chunk is authenticated
+    before its pages are written, so only bytes B wrote ever reach ``dest``.
+    With a key, a plain image is refused.
     """
     started = time.monotonic()
     superblock, handoff = _usable(target)
@@ -558,9 +637,12 @@ def restore(target: ImageTarget, dest: PhysicalMemory, *, progress: Progress | N
         problem = dest.check_range(r.start, r.size)
         if problem:
             raise ImageError(f"refusing to restore: the image was written for another layout ({problem})")
-    verify(target, deep=True, progress=progress, workers=workers)
+    cipher = _image_cipher(target, superblock, handoff, key)
+    if superblock.seal and cipher is None:
+        raise ImageError("refusing to restore: the image is encrypted and no key was given")
+    verify(target, deep=True, progress=progress, workers=workers, key=key)
     set_state(target, State.RESTORING)
-    for header, raw in _decoded(target, superblock, workers, progress, "restore"):
+    for header, raw in _decoded(target, superblock, workers, progress, "restore", cipher):
         _scatter(dest, handoff.memmap, header, raw)
     dest.flush()
     return set_state(target, State.RESTORED, restored_ns=time.time_ns(),
@@ -586,7 +668,9 @@ def describe(target: ImageTarget) -> dict[str, object]:
         chunks=sb.chunk_count, image_bytes=sb.image_bytes, created_ns=sb.created_ns, saved_ns=sb.saved_ns,
         restored_ns=sb.restored_ns, save_seconds=sb.save_duration_ns / 1e9,
         restore_seconds=sb.restore_duration_ns / 1e9, target_id=sb.target_id, reason=sb.reason,
-        wiped_ns=sb.wiped_ns)
+        wiped_ns=sb.wiped_ns, encrypted=bool(sb.seal))
+    if sb.seal:
+        info["key_id"] = sb.seal[4:12].hex()
     if sb.state in (State.SAVING, State.SAVED, State.RESTORING):     # a consumed image has no handoff
         try:
             handoff, _ = read_handoff(target)
