@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 
-from .errors import Busy, InvalidOption, InvalidRestartPoint, KjumpError, NotReady, NotRunning, TooLate
+from .errors import Busy, Inhibited, InvalidOption, InvalidRestartPoint, KjumpError, NotReady, NotRunning, TooLate
 
 BUS_NAME = "org.kjump.Hibernate1"
 OBJECT_PATH = "/org/kjump/Hibernate1"
@@ -31,6 +31,7 @@ ERROR_NAMES: dict[type[KjumpError], str] = {
     InvalidOption: ERROR_PREFIX + "InvalidOption",
     NotRunning: ERROR_PREFIX + "NotRunning",
     TooLate: ERROR_PREFIX + "TooLate",
+    Inhibited: ERROR_PREFIX + "Inhibited",
 }
 #: any other failure
 ERROR_FAILED = ERROR_PREFIX + "Failed"

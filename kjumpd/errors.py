@@ -49,5 +49,9 @@ class NotRunning(KjumpError):
     """Cancel was asked while no hibernation runs."""
 
 
+class Inhibited(KjumpError):
+    """A caller that is not root asked to hibernate while a logind block inhibitor for sleep is held."""
+
+
 class TooLate(KjumpError):
     """Cancel was asked after the hibernation passed its point of no return (the jump)."""

@@ -71,6 +71,7 @@ class State(IntEnum):
     RESTORING = 3
     RESTORED = 4
     DISCARDED = 5
+    RESUMING = 6        # C claimed the image for its one resume attempt (docs/format.md, "States")
 
 
 class Compression(IntEnum):

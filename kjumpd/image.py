@@ -82,6 +82,9 @@ def write_superblock(target: ImageTarget, superblock: Superblock) -> None:
 
 
 CONSUMED = (State.RESTORED, State.DISCARDED)
+# What restore() and verify() accept: a saved image, also once C claimed it
+# for its one resume attempt (RESUMING), which R then restores.
+RESUMABLE = (State.SAVED, State.RESUMING)
 
 
 def set_state(target: ImageTarget, state: State, **fields: object) -> Superblock:
@@ -458,7 +461,13 @@ _NOT_RESTORABLE = {
     State.RESTORING: "holds an image whose restore was interrupted; it is not used again",
     State.RESTORED: "holds an image that was already restored (consumed)",
     State.DISCARDED: "holds a discarded image",
+    State.RESUMING: "holds an image a boot already tried to resume (the attempt did not complete)",
 }
+
+
+def state_description(state: State) -> str:
+    """Why an image in ``state`` is not resumed ("holds no image", …), for messages."""
+    return _NOT_RESTORABLE.get(state, "holds a saved image")
 
 
 def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
@@ -467,7 +476,7 @@ def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
         superblock = read_superblock(target)
     except FormatError as exc:
         raise ImageError(f"superblock: {exc}") from exc
-    if superblock.state != State.SAVED:
+    if superblock.state not in RESUMABLE:
         detail = f": {superblock.reason}" if superblock.reason else ""
         raise ImageError(f"{target.path} {_NOT_RESTORABLE[superblock.state]}{detail}")
     try:
@@ -671,7 +680,7 @@ def describe(target: ImageTarget) -> dict[str, object]:
         wiped_ns=sb.wiped_ns, encrypted=bool(sb.seal))
     if sb.seal:
         info["key_id"] = sb.seal[4:12].hex()
-    if sb.state in (State.SAVING, State.SAVED, State.RESTORING):     # a consumed image has no handoff
+    if sb.state in (State.SAVING, *RESUMABLE, State.RESTORING):     # a consumed image has no handoff
         try:
             handoff, _ = read_handoff(target)
             info["memory_map"] = [[r.start, r.end] for r in handoff.memmap.ranges()]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shlex
+import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,7 +147,11 @@ def kernel_command_line(params: KernelParameters) -> str:
         f"kjump.offset={params.offset}",
         f"kjump.region={region.start:#x}-{region.end - 1:#x}",
     ]
-    line = " ".join(words + shlex.split(params.extra))
+    extra = split_command_line(params.extra)
+    for word in extra:
+        if word.name.startswith("kjump."):
+            raise MachineError(f"extra kernel argument {word.text!r}: the kjump.* parameters are set by kjumpd")
+    line = " ".join(words + [word.text for word in extra])
     if len(line) + KEXEC_TOOLS_APPENDS > COMMAND_LINE_SIZE:
         raise MachineError(
             f"the hibernate kernel's command line would be {len(line)} bytes, more than the kernel's "
@@ -284,13 +288,102 @@ def jump_back(entry: int, syscall: Syscall | None = None) -> None:
         raise MachineError(f"the jump back to {entry:#x} failed: {os.strerror(err)}")
 
 
+# What the kernel takes for white space between parameters (isspace() of
+# include/linux/ctype.h on ASCII).
+_SPACE = " \t\n\v\f\r"
+
+
+@dataclass(frozen=True)
+class Word:
+    """One parameter of a kernel command line: its text as written, its name and value.
+
+    ``value`` is None for a bare word (``quiet``) and the value with the
+    kernel's quote removal applied otherwise (``a="b c"`` has the value ``b c``).
+    """
+
+    text: str
+    name: str
+    value: str | None
+
+
+def split_command_line(text: str) -> list[Word]:
+    """Split a kernel command line into parameters exactly as the kernel does.
+
+    The rules of the kernel's ``next_arg()`` (lib/cmdline.c; kernel/params.c
+    before 4.x): words are
+    separated by white space outside double quotes; a double quote toggles
+    quoting anywhere in a word and cannot be escaped; a single quote is an
+    ordinary character; the first ``=`` (not in first position) separates the
+    name from the value; a value that starts with a quote loses it and a
+    closing quote at the end of the word; a word that starts with a quote
+    loses it and a closing quote at its end. ``--`` ends the kernel's
+    parameters (what follows is for init). Never raises: every string is a
+    command line to the kernel.
+    """
+    words: list[Word] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return words
+        start = i
+        quoted = in_quote = text[i] == '"'
+        i += quoted
+        arg_start, equals = i, -1
+        while i < n and (in_quote or text[i] not in _SPACE):
+            if equals < 0 and text[i] == "=" and i > arg_start:
+                equals = i
+            if text[i] == '"':
+                in_quote = not in_quote
+            i += 1
+        arg = text[arg_start:i]
+        if equals < 0:
+            if arg == "--":
+                return words
+            words.append(Word(text[start:i], arg, None))
+            continue
+        value_start, value_end = equals - arg_start + 1, len(arg)
+        closing = arg.endswith('"')
+        if arg[value_start:value_start + 1] == '"':
+            value_start += 1
+            value_end -= closing
+        elif quoted:
+            value_end -= closing
+        words.append(Word(text[start:i], arg[:equals - arg_start], arg[value_start:max(value_start, value_end)]))
+
+
 def parse_command_line(text: str) -> dict[str, str]:
-    """The ``name=value`` words of a kernel command line (a bare word maps to "")."""
-    params: dict[str, str] = {}
-    for word in shlex.split(text):
-        name, _, value = word.partition("=")
-        params[name] = value
-    return params
+    """The parameters of a kernel command line by name (a bare word maps to "", the last one wins)."""
+    return {word.name: word.value or "" for word in split_command_line(text)}
+
+
+# The console parameters C passes on to R, and what their values may hold:
+# device names and options such as ``ttyS0,115200n8``, ``uart8250,io,0x3f8``,
+# ``serial,ttyS0,115200,keep`` -- never white space, quotes or ``=``.
+CONSOLE_PARAMETERS = ("console", "earlyprintk")
+_CONSOLE_VALUE = re.compile(r"[A-Za-z0-9_.,:/@+-]+")
+
+
+def console_words(words: Sequence[Word]) -> tuple[list[str], list[str]]:
+    """The console settings of C's command line that R may inherit, rebuilt from checked values.
+
+    Returns (words for R's command line, words refused). Each ``console=``
+    and ``earlyprintk=`` is kept, in order, only when its value is plain (see
+    ``_CONSOLE_VALUE``), and is written back unquoted from that value: a
+    quoted value that smuggles another parameter (``console="ttyS0
+    kjump.target=/dev/sdz"``) never reaches R.
+    """
+    kept: list[str] = []
+    refused: list[str] = []
+    for word in words:
+        if word.name not in CONSOLE_PARAMETERS:
+            continue
+        if word.value is not None and _CONSOLE_VALUE.fullmatch(word.value):
+            kept.append(f"{word.name}={word.value}")
+        else:
+            refused.append(word.text)
+    return kept, refused
 
 
 @dataclass(frozen=True)

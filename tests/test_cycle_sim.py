@@ -114,6 +114,47 @@ def test_resume_saves_and_carries_on(machine: SimulatedMachine, compression: str
     assert h.is_staged(), "B stays staged after a jump back"
 
 
+def states_when_a_runs_again(monkeypatch: pytest.MonkeyPatch) -> list[State]:
+    """The image's state at each moment A's user space runs again after B (and may write)."""
+    seen: list[State] = []
+    original = SimulatedMachine._back_in_a
+
+    def spy(self: SimulatedMachine) -> None:
+        seen.append(superblock(self).state)
+        original(self)
+
+    monkeypatch.setattr(SimulatedMachine, "_back_in_a", spy)
+    return seen
+
+
+def test_resume_image_is_unusable_before_a_writes_again(machine: SimulatedMachine,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16.3: with restart point resume, A's tasks run (and write) as soon as B jumps
+    back; a SAVED image at that moment would be resumed stale after a crash."""
+    seen = states_when_a_runs_again(monkeypatch)
+    result = hibernator(machine).hibernate("resume")
+    assert (result.success, result.result) == (True, "saved")
+    assert seen == [State.DISCARDED], "B discards the image before A runs again"
+
+
+@pytest.mark.parametrize("point", ["shutdown", "reboot"])
+def test_b_that_cannot_power_off_discards_before_returning(machine: SimulatedMachine, point: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16.3: B's power off fails and B returns to A. A runs (and writes) again, so the
+    image is stale: it must be unusable before A runs, and A must not power off onto it."""
+    seen = states_when_a_runs_again(monkeypatch)
+    machine.inject_fault("b_power_error", "Input/output error")
+    job = Background(hibernator(machine), point)
+    wait_until(lambda: machine.running == "off" or not job.thread.is_alive(), "the hibernation to end")
+    assert machine.running == "A", "A never powers off (after a sync) onto an image it made stale"
+    job.join()
+    assert job.error is None and not job.result.success
+    assert f"could not {point}: " in job.result.reason and "Input/output error" in job.result.reason
+    assert seen == [State.DISCARDED]
+    assert superblock(machine).state == State.DISCARDED
+    assert "power-off" not in events(machine) and "reboot" not in events(machine)
+
+
 def test_shutdown_then_power_on_resumes_a(machine: SimulatedMachine) -> None:
     h = hibernator(machine)
     proc = workload()
@@ -301,21 +342,28 @@ def power_off_with_image(m: SimulatedMachine) -> Background:
     return job
 
 
-def boot_refuses(m: SimulatedMachine, job: Background, why: str) -> None:
-    boot = SimulatedMachine(m.path).power_on()
-    job.join()
-    assert not boot.resumed
-    assert why in boot.output and "normal boot" in boot.output
-    assert isinstance(job.error, MachineLostError) and why in str(job.error)
-    assert token(m) == bytes(len(TOKEN)), "A's memory was not half-restored"
-    assert "jump:R" not in events(m)
+def edit_hardware(m: SimulatedMachine, change: Callable[[dict], None]) -> None:
+    """Change machine.json (CPUs, boot parameters) as if the machine changed while off."""
+    path = Path(m.path, "machine.json")
+    hardware = json.loads(path.read_text())
+    change(hardware)
+    path.write_text(json.dumps(hardware))
 
 
-def test_corrupted_image_is_refused(machine: SimulatedMachine) -> None:
-    job = power_off_with_image(machine)
-    with open(machine.target_path, "r+b") as disk:
+def append_boot_parameter(m: SimulatedMachine, word: str) -> None:
+    edit_hardware(m, lambda hw: hw.update(boot_parameters=f"{hw['boot_parameters']} {word}"))
+
+
+def drop_boot_parameter(m: SimulatedMachine, word: str) -> None:
+    edit_hardware(m, lambda hw: hw.update(boot_parameters=" ".join(
+        w for w in hw["boot_parameters"].split() if w != word)))
+
+
+def flip_stored_byte(m: SimulatedMachine) -> None:
+    """Flip one byte in the middle of the first chunk that stores data (twice = undone)."""
+    with open(m.target_path, "r+b") as disk:
         position = DATA_OFFSET
-        while True:     # the first chunk that stores data
+        while True:
             disk.seek(position)
             header = ChunkHeader.unpack(disk.read(4096))
             if header.stored_len:
@@ -325,33 +373,126 @@ def test_corrupted_image_is_refused(machine: SimulatedMachine) -> None:
         byte = disk.read(1)
         disk.seek(position + header.size + header.stored_len // 2)
         disk.write(bytes([byte[0] ^ 0xFF]))
-    boot_refuses(machine, job, "corrupt")
-    assert superblock(machine).state == State.SAVED, "C leaves the image alone"
 
 
-def test_image_of_another_machine_is_refused(machine: SimulatedMachine) -> None:
+def boot_refuses(m: SimulatedMachine, job: Background, why: str) -> None:
+    """The first boot after the save does not resume, says why, and leaves the image DISCARDED with the reason."""
+    boot = SimulatedMachine(m.path).power_on()
+    job.join()
+    assert not boot.resumed
+    assert why in boot.output and "normal boot" in boot.output
+    assert isinstance(job.error, MachineLostError)
+    assert token(m) == bytes(len(TOKEN)), "the fresh system is not A"
+    sb = superblock(m)
+    assert sb.state == State.DISCARDED, "one image, one chance: a refused image is made unusable"
+    assert why in sb.reason, sb.reason
+
+
+def never_resumed_again(m: SimulatedMachine) -> None:
+    """A later boot that would have accepted the image does not resume it."""
+    m.power_cut()
+    boot = SimulatedMachine(m.path).power_on()
+    assert not boot.resumed, boot.output
+    assert "discarded image" in boot.output
+    assert token(m) == bytes(len(TOKEN))
+
+
+def test_corrupted_image_is_refused_once_and_never_resumed(machine: SimulatedMachine) -> None:
     job = power_off_with_image(machine)
-    hardware = json.loads(Path(machine.path, "machine.json").read_text())
-    hardware["cpus"] = 1
-    Path(machine.path, "machine.json").write_text(json.dumps(hardware))
+    flip_stored_byte(machine)
+    boot_refuses(machine, job, "corrupt")
+    flip_stored_byte(machine)       # the chunk is whole again
+    never_resumed_again(machine)
+
+
+def test_image_of_another_machine_is_refused_once_and_never_resumed(machine: SimulatedMachine) -> None:
+    job = power_off_with_image(machine)
+    edit_hardware(machine, lambda hw: hw.update(cpus=1))
     boot_refuses(machine, job, "CPUs or firmware tables differ")
+    assert "jump:R" not in events(machine)
+    edit_hardware(machine, lambda hw: hw.update(cpus=2))     # the dock is back
+    never_resumed_again(machine)
 
 
-def test_image_of_another_ram_layout_is_refused(machine: SimulatedMachine) -> None:
+def test_image_of_another_ram_layout_is_refused_once_and_never_resumed(machine: SimulatedMachine) -> None:
     job = power_off_with_image(machine)
     iomem = Path(machine.path, "iomem")
-    iomem.write_text(iomem.read_text().replace("00100000-01fdffff : System RAM",
-                                               "00100000-01edffff : System RAM\n01ee0000-01fdffff : Reserved"))
+    original = iomem.read_text()
+    iomem.write_text(original.replace("00100000-01fdffff : System RAM",
+                                      "00100000-01edffff : System RAM\n01ee0000-01fdffff : Reserved"))
     boot_refuses(machine, job, "RAM layout differs")
+    iomem.write_text(original)
+    never_resumed_again(machine)
+
+
+@pytest.mark.parametrize("word", ["noresume", "kjump.noresume"])
+def test_noresume_discards_the_image(machine: SimulatedMachine, word: str) -> None:
+    job = power_off_with_image(machine)
+    append_boot_parameter(machine, word)
+    boot_refuses(machine, job, f"{word} on the kernel command line")
+    drop_boot_parameter(machine, word)
+    never_resumed_again(machine)
+
+
+def test_kexec_load_failure_in_c_discards_the_image(machine: SimulatedMachine) -> None:
+    job = power_off_with_image(machine)
+    machine.inject_fault("kexec_load_error", "Cannot allocate memory")
+    boot_refuses(machine, job, "Cannot allocate memory")
+    machine.inject_fault("kexec_load_error", None)
+    never_resumed_again(machine)
+
+
+def test_missing_restore_kernel_discards_the_image(machine: SimulatedMachine) -> None:
+    job = power_off_with_image(machine)
+    append_boot_parameter(machine, f"kjump.kernel={machine.path}/no-such-kernel")
+    boot_refuses(machine, job, "does not exist")
+    drop_boot_parameter(machine, f"kjump.kernel={machine.path}/no-such-kernel")
+    never_resumed_again(machine)
 
 
 def test_image_found_on_another_disk_is_refused(machine: SimulatedMachine) -> None:
     job = power_off_with_image(machine)
     shutil.copyfile(machine.target_path, Path(machine.path, "other-disk.img"))
-    hardware = json.loads(Path(machine.path, "machine.json").read_text())
-    hardware["boot_parameters"] = hardware["boot_parameters"].replace("disk.img", "other-disk.img")
-    Path(machine.path, "machine.json").write_text(json.dumps(hardware))
-    boot_refuses(machine, job, "written to disk.img but found on other-disk.img")
+    edit_hardware(machine, lambda hw: hw.update(
+        boot_parameters=hw["boot_parameters"].replace("disk.img", "other-disk.img")))
+    boot = SimulatedMachine(machine.path).power_on()
+    job.join()
+    assert not boot.resumed and "written to disk.img but found on other-disk.img" in boot.output
+    with ImageTarget.open(str(Path(machine.path, "other-disk.img")), writable=False) as target:
+        assert image.read_superblock(target).state == State.DISCARDED, "the copy is not resumed later either"
+
+
+def test_restore_that_dies_before_marking_the_image_boots_normally(machine: SimulatedMachine) -> None:
+    """Issue 16.1: R dies before it can mark the image (a panic, an I/O error); the next boot
+    must not start R again (boot loop) but discard the image and boot normally."""
+    job = power_off_with_image(machine)
+    machine.inject_fault("restore_crashes", 3)
+    boot = SimulatedMachine(machine.path).power_on()
+    job.join()
+    assert not boot.resumed
+    assert events(machine).count("jump:R") == 1, "R is started once per image, never again"
+    sb = superblock(machine)
+    assert sb.state == State.DISCARDED and "already tried to resume" in sb.reason, sb.reason
+    assert isinstance(job.error, MachineLostError)
+    never_resumed_again(machine)
+
+
+def test_a_boot_without_the_hook_leaves_the_image_to_kjumpd_which_discards_it(machine: SimulatedMachine) -> None:
+    """An initramfs without kjumpd's hook (or dracut) never looks at the image; kjumpd
+    discards it when it starts in that boot, so no later boot resumes it."""
+    job = power_off_with_image(machine)
+    resume_word = next(w for w in machine.hardware["boot_parameters"].split() if w.startswith("kjump.resume="))
+    drop_boot_parameter(machine, resume_word)
+    boot = SimulatedMachine(machine.path).power_on()
+    job.join()
+    assert not boot.resumed and superblock(machine).state == State.SAVED, "this boot's C did not look"
+    a = SimulatedMachine(machine.path)
+    reason = hibernator(a).discard_stale_image()
+    assert "did not resume it" in reason and a.boot_id() in reason
+    assert superblock(machine).state == State.DISCARDED and superblock(machine).reason == reason
+    assert hibernator(a).discard_stale_image() == "", "nothing left to discard"
+    append_boot_parameter(machine, resume_word)
+    never_resumed_again(machine)
 
 
 def test_consumed_image_is_not_resumed_again(machine: SimulatedMachine) -> None:
@@ -372,7 +513,7 @@ def test_parked_b_entered_again_saves_afresh(machine: SimulatedMachine, monkeypa
     h = hibernator(machine)
     h.stage()
     spec_line = [e for e in machine.events() if e["event"] == "kexec-load"][-1]["command_line"]
-    restart_points = iter(["suspend", "platform"])
+    restart_points = iter(["platform"])
     jumps: list[int] = []
 
     class Done(Exception):
@@ -392,7 +533,7 @@ def test_parked_b_entered_again_saves_afresh(machine: SimulatedMachine, monkeypa
     region = choose_region(ram, 4 << 20)
     low = Range(DEFAULT_LOW[0], DEFAULT_LOW[0] + DEFAULT_LOW[1])
     with ImageTarget.open(machine.target_path) as target:
-        image.write_handoff(target, Handoff(machine.identity(), "resume", Compression.NONE, region.start,
+        image.write_handoff(target, Handoff(machine.identity(), "suspend", Compression.NONE, region.start,
                                             region.size, low.start, low.size, save_map(ram, region, low), 7))
     monkeypatch.setattr(boot_common, "machine_from_command_line",
                         lambda params, kernel: ParkedB(machine.path, kernel="B"))
@@ -400,7 +541,7 @@ def test_parked_b_entered_again_saves_afresh(machine: SimulatedMachine, monkeypa
         save.main(["--cmdline", f"{spec_line} kexec_jump_back_entry=0x2000fb"])
     assert jumps == [0x2000FB, 0x2000FB]
     sb = superblock(machine)
-    assert sb.state == State.SAVED and sb.restart_point == "suspend", "the second save used the new handoff"
+    assert sb.state == State.SAVED and sb.restart_point == "platform", "the second save used the new handoff"
 
 
 def test_b_crash_reboots_into_a_normal_boot(machine: SimulatedMachine) -> None:

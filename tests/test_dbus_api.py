@@ -321,3 +321,58 @@ def test_second_daemon_cannot_take_the_name(kjumpd_service: InProcessDaemon, sys
     with pytest.raises(Exception, match="another process owns it"):
         InProcessDaemon(system_bus, fake_hibernator, Config())
     assert proxy(system_bus).State == "idle"
+
+
+# --- polkit that never answers ----------------------------------------------------------------------
+
+SILENT_POLKIT = """
+import sys
+from gi.repository import Gio, GLib
+XML = '''<node><interface name="org.freedesktop.PolicyKit1.Authority">
+<method name="CheckAuthorization"><arg type="(sa{sv})" direction="in"/><arg type="s" direction="in"/>
+<arg type="a{ss}" direction="in"/><arg type="u" direction="in"/><arg type="s" direction="in"/>
+<arg type="(bba{ss})" direction="out"/></method></interface></node>'''
+held = []
+def call(con, sender, path, iface, method, params, invocation):
+    held.append(invocation)               # never answered: an authentication agent nobody types into
+    print(params.unpack()[1], flush=True)
+con = Gio.bus_get_sync(Gio.BusType.SYSTEM, None)
+con.register_object("/org/freedesktop/PolicyKit1/Authority", Gio.DBusNodeInfo.new_for_xml(XML).interfaces[0],
+                    call, None, None)
+Gio.bus_own_name_on_connection(con, "org.freedesktop.PolicyKit1", Gio.BusNameOwnerFlags.NONE,
+                               lambda *a: print("owned", flush=True), None)
+GLib.MainLoop().run()
+"""
+
+
+def test_a_polkit_that_never_answers_blocks_nobody(system_bus: str, logind: Mock,
+                                                    fake_hibernator: FakeHibernator) -> None:
+    """Issue 16.9: while polkit sits on a Hibernate call, State is still read and logind's delay lock released."""
+    import sys
+
+    from kjumpd.daemon.config import Config
+
+    polkit = subprocess.Popen([sys.executable, "-c", SILENT_POLKIT], stdout=subprocess.PIPE, text=True)
+    daemon = InProcessDaemon(system_bus, fake_hibernator, Config(image_target="/var/lib/kjump/image"))
+    client = None
+    try:
+        assert polkit.stdout.readline().strip() == "owned"
+        fake_hibernator.staged = True
+        daemon.call(daemon.manager.refresh)
+        wait_for(lambda: _our_inhibitors(logind), "kjumpd's inhibitor")
+        client = subprocess.Popen(["gdbus", "call", "--address", system_bus, "--dest", NAME, "--object-path", PATH,
+                                   "--method", f"{IFACE}.Hibernate", "shutdown"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert polkit.stdout.readline().strip() == HIBERNATE     # the daemon is waiting for polkit now
+        state = busctl(system_bus, "--timeout=10", "get-property", NAME, PATH, IFACE, "State")
+        assert state.returncode == 0 and state.stdout.strip() == 's "idle"', state.stderr
+        logind.proxy.EmitSignal("org.freedesktop.login1.Manager", "PrepareForSleep", "b", [GLib.Variant("b", True)])
+        wait_for(lambda: not _our_inhibitors(logind), "the inhibitor to be released")
+        assert fake_hibernator.calls == []
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        daemon.stop()
+        polkit.kill()
+        polkit.wait()

@@ -112,3 +112,69 @@ def test_nobody_cannot_call_other_interfaces_or_set_properties(strict_service: t
     assert result.returncode != 0 and "Access denied" in result.stderr
     other = as_nobody(strict_bus, "call", NAME, PATH, "org.kjump.Other", "Hibernate", "s", "shutdown")
     assert other.returncode != 0 and "Access denied" in other.stderr
+
+
+def _hold_inhibitor(address: str, what: str, who: str, why: str, mode: str) -> int:
+    """Take a logind inhibitor on the bus at ``address`` and return its fd (closing it releases it)."""
+    from gi.repository import Gio, GLib
+
+    con = Gio.DBusConnection.new_for_address_sync(
+        address, Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION,
+        None, None)
+    reply, fds = con.call_with_unix_fd_list_sync(
+        "org.freedesktop.login1", "/org/freedesktop/login1", "org.freedesktop.login1.Manager", "Inhibit",
+        GLib.Variant("(ssss)", (what, who, why, mode)), GLib.VariantType.new("(h)"), Gio.DBusCallFlags.NONE,
+        10000, None, None)
+    fd = fds.steal_fds()[reply.unpack()[0]]
+    con.close_sync(None)
+    return fd
+
+
+def test_direct_unprivileged_call_respects_block_inhibitors(strict_service: tuple[InProcessDaemon, Mock],
+                                                             strict_bus: str, fake_hibernator: FakeHibernator) -> None:
+    """Issue 10.3: logind's block inhibitors hold for a user who calls kjumpd directly (root, logind's own
+    sleep service, is not asked: logind has honoured them already)."""
+    import os
+
+    from dbus_testing import wait_for
+
+    _daemon, polkit = strict_service
+    polkit.proxy.SetAllowed(["org.kjump.hibernate"])
+    logind = spawn_mock(strict_bus, "logind")
+    try:
+        fd = _hold_inhibitor(strict_bus, "sleep:shutdown", "editor", "saving a file", "block")
+        refused = subprocess.run([*NOBODY, "gdbus", "call", "--address", strict_bus, "--dest", NAME, "--object-path",
+                                  PATH, "--method", f"{IFACE}.Hibernate", "shutdown"],
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0
+        assert "org.kjump.Hibernate1.Error.Inhibited" in refused.stderr and "editor" in refused.stderr, refused.stderr
+        assert fake_hibernator.calls == []
+        os.close(fd)
+        wait_for(lambda: all(i[1] != "editor" for i in logind.proxy.ListInhibitors()), "the inhibitor to be released")
+        delay_fd = _hold_inhibitor(strict_bus, "sleep", "player", "fading out", "delay")   # delay does not block
+        allowed = as_nobody(strict_bus, "call", NAME, PATH, IFACE, "Hibernate", "s", "shutdown")
+        os.close(delay_fd)
+        assert allowed.returncode == 0, allowed.stderr
+        wait_for(lambda: fake_hibernator.calls, "the hibernation to start")
+        assert fake_hibernator.calls == [("hibernate", "shutdown", False)]
+    finally:
+        logind.process.terminate()
+        logind.process.wait(10)
+
+
+def test_root_is_not_held_by_block_inhibitors(strict_service: tuple[InProcessDaemon, Mock], strict_bus: str,
+                                              fake_hibernator: FakeHibernator) -> None:
+    import os
+
+    _daemon, polkit = strict_service
+    polkit.proxy.SetAllowed(["org.kjump.hibernate"])
+    logind = spawn_mock(strict_bus, "logind")
+    try:
+        fd = _hold_inhibitor(strict_bus, "sleep", "editor", "saving a file", "block")
+        as_root = subprocess.run(["busctl", f"--address={strict_bus}", "call", NAME, PATH, IFACE, "Hibernate", "s",
+                                  "shutdown"], capture_output=True, text=True, timeout=30)
+        os.close(fd)
+        assert as_root.returncode == 0, as_root.stderr
+    finally:
+        logind.process.terminate()
+        logind.process.wait(10)

@@ -178,3 +178,62 @@ def test_hibernate_kernel_args_from_a_command_line() -> None:
 def test_hibernate_kernel_args_incomplete(line: str, message: str) -> None:
     with pytest.raises(MachineError, match=message):
         kexec.hibernate_kernel_args(kexec.parse_command_line(line))
+
+
+# --- the kernel's own command-line syntax (issue 16.4) ---------------------------------
+
+
+@pytest.mark.parametrize("line, expected", [
+    # a single quote is an ordinary character for the kernel (shlex raised ValueError)
+    ("ro foo=it's kjump.resume=/dev/vdb", {"ro": "", "foo": "it's", "kjump.resume": "/dev/vdb"}),
+    # double quotes group spaces; the kernel strips them around a value
+    ('dyndbg="file kexec.c +p" quiet', {"dyndbg": "file kexec.c +p", "quiet": ""}),
+    # a quote before the name quotes the whole word; the closing one is dropped from the value
+    ('"quoted=a b" x=1', {"quoted": "a b", "x": "1"}),
+    # quotes inside a value are kept and still group spaces
+    ('a=x"y z"w b', {"a": 'x"y z"w', "b": ""}),
+    # an unterminated quote runs to the end of the line
+    ('a="b c d', {"a": "b c d"}),
+    # tabs and newlines separate words; the last of two equal names wins (as for kjump.*)
+    ("x=1\tx=2\ny=3\n", {"x": "2", "y": "3"}),
+    # after "--" come init's arguments, not kernel parameters
+    ("ro -- kjump.resume=/dev/sdz", {"ro": ""}),
+    ("", {}),
+])
+def test_command_line_is_parsed_as_the_kernel_does(line: str, expected: dict[str, str]) -> None:
+    assert kexec.parse_command_line(line) == expected
+
+
+def test_every_value_of_a_repeated_name_is_kept_in_order() -> None:
+    words = kexec.split_command_line('console=tty0 quiet console="ttyS0,115200n8" console')
+    assert [(w.name, w.value) for w in words] == [
+        ("console", "tty0"), ("quiet", None), ("console", "ttyS0,115200n8"), ("console", None)]
+    assert words[2].text == 'console="ttyS0,115200n8"'
+
+
+def test_extra_arguments_keep_their_quotes() -> None:
+    line = kexec.kernel_command_line(params(VM_1G, extra='dyndbg="file kexec.c +p" loglevel=7'))
+    assert line.endswith(' dyndbg="file kexec.c +p" loglevel=7')
+    assert kexec.parse_command_line(line)["dyndbg"] == "file kexec.c +p"
+
+
+@pytest.mark.parametrize("extra", ["kjump.target=/dev/sdz", '"kjump.offset=0"', "kjump.role=save"])
+def test_extra_arguments_cannot_override_kjump_parameters(extra: str) -> None:
+    with pytest.raises(MachineError, match="kjump"):
+        kexec.kernel_command_line(params(VM_1G, extra=extra))
+
+
+@pytest.mark.parametrize("line, consoles", [
+    ("console=ttyS0,115200n8 console=tty0 earlyprintk=serial,ttyS0,115200",
+     ["console=ttyS0,115200n8", "console=tty0", "earlyprintk=serial,ttyS0,115200"]),
+    # the injection of issue 16.4: a quoted console value carrying a second parameter
+    ('console="ttyS0 kjump.target=/dev/sdz"', []),
+    ('console=ttyS0 console="tty0"', ["console=ttyS0", "console=tty0"]),
+    ("console= console=tty0' quiet", []),
+])
+def test_console_words_carry_only_validated_values(line: str, consoles: list[str]) -> None:
+    words, dropped = kexec.console_words(kexec.split_command_line(line))
+    assert words == consoles
+    for word in words:
+        assert kexec.parse_command_line(word) == {word.split("=")[0]: word.split("=", 1)[1]}
+    assert len(dropped) == len(kexec.split_command_line(line)) - len(consoles) - line.count("quiet")

@@ -33,12 +33,17 @@ class ConsoleProgress:
             self.machine.console(f"{label}: {percent}% of {total >> 20} MiB")
 
 
-def read_command_line(text: str | None) -> dict[str, str]:
+def command_line_text(text: str | None) -> str:
     """The given command line, or ``/proc/cmdline``."""
     if text is None:
-        with open("/proc/cmdline", encoding="utf-8") as handle:
+        with open("/proc/cmdline", encoding="utf-8", errors="surrogateescape") as handle:
             text = handle.read()
-    return kexec.parse_command_line(text)
+    return text
+
+
+def read_command_line(text: str | None) -> dict[str, str]:
+    """The parameters of the given command line, or of ``/proc/cmdline``, as the kernel splits them."""
+    return kexec.parse_command_line(command_line_text(text))
 
 
 def start_program(role: str, kernel: str, description: str,

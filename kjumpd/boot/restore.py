@@ -27,7 +27,7 @@ def restore(machine: Machine, args: kexec.HibernateKernelArgs) -> int:
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             try:
-                if image.read_superblock(target).state in (State.SAVED, State.RESTORING):
+                if image.read_superblock(target).state in (*image.RESUMABLE, State.RESTORING):
                     image.discard(target, f"restore failed: {reason}")
             except KjumpError as record_error:
                 machine.console(f"could not mark the image discarded: {record_error}")

@@ -53,6 +53,11 @@ def save(machine: Machine, args: kexec.HibernateKernelArgs) -> tuple[str, bool]:
             superblock = image.save(memory, target, handoff, jump_back_entry=args.jump_back_entry or 0,
                                     progress=ConsoleProgress(machine))
         machine.console(f"image saved: {superblock.image_bytes >> 20} MiB on disk")
+        if handoff.restart_point == "resume":
+            # A carries on: its tasks run (and write) the moment it is back, so
+            # the image must be unusable before that, not after.
+            image.discard(target, "A carried on (restart point resume)")
+            return "resume", False
         return handoff.restart_point, True
     except Exception as exc:  # whatever went wrong, A must get control back
         reason = str(exc) or type(exc).__name__
@@ -69,16 +74,27 @@ def save(machine: Machine, args: kexec.HibernateKernelArgs) -> tuple[str, bool]:
             target.close()
 
 
-def leave(machine: Machine, restart_point: str, saved: bool, entry: int) -> None:
+def _discard_before_return(machine: Machine, args: kexec.HibernateKernelArgs, reason: str) -> None:
+    """Make the saved image unusable before A runs again (A's writes would make it stale)."""
+    try:
+        with machine.open_target(args.target, offset=args.offset, writable=True) as target:
+            image.discard(target, reason)
+    except KjumpError as exc:
+        machine.console(f"could not discard the image ({exc}): the running system discards it")
+
+
+def leave(machine: Machine, args: kexec.HibernateKernelArgs, restart_point: str, saved: bool) -> None:
     """Power off, reboot or jump back to A; returns when A jumps into this B again."""
     if restart_point in ("shutdown", "reboot"):
         machine.console("powering off" if restart_point == "shutdown" else "rebooting")
         try:
             (machine.power_off if restart_point == "shutdown" else machine.reboot)()
         except MachineError as exc:
-            machine.console(f"{exc}; returning to the running system, which will try again")
+            machine.console(f"{exc}; discarding the image and returning to the running system")
+            _discard_before_return(machine, args, f"the hibernate kernel could not {restart_point}: {exc}")
+            saved = False
     try:
-        machine.jump_back(entry)
+        machine.jump_back(args.jump_back_entry or 0)
     except MachineError as exc:
         machine.console(f"{exc}")
         # A's memory is out of reach. With a saved image the next boot resumes
@@ -99,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     machine, args = started
     while True:
         restart_point, saved = save(machine, args)
-        leave(machine, restart_point, saved, args.jump_back_entry)
+        leave(machine, args, restart_point, saved)
         machine.console("entered again by the running system: starting a new hibernation")
 
 

@@ -1,4 +1,4 @@
-"""``kjumpctl image``: write, verify, restore, inspect and wipe hibernation images by hand.
+"""``kjumpctl image``: write, verify, restore, inspect, discard and wipe hibernation images by hand.
 
 These work on files as well as devices, so an image can be examined on
 another machine, and the engine can be exercised without a jump. A device
@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from .. import image
 from ..errors import FormatError, ImageError
-from ..format import Compression, Handoff, Identity
+from ..format import Compression, Handoff, Identity, State
 from ..memmap import MemoryMap, Range, layout_fingerprint, parse_iomem, parse_ranges
 from ..physmem import DevMem, FileMemory, PhysicalMemory
 from ..target import ImageTarget, TargetExistsError
@@ -261,6 +261,25 @@ def cmd_wipe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# What ``image discard`` makes unusable: anything a boot could still resume or
+# that a save or restore left half done; EMPTY and consumed images stay as they are.
+DISCARDABLE = (State.SAVING, *image.RESUMABLE, State.RESTORING)
+
+
+@_guarded
+def cmd_discard(args: argparse.Namespace) -> int:
+    """kjumpctl image discard IMAGE: make the image unusable so that no boot resumes it."""
+    with ImageTarget.open(args.image, offset=args.offset) as target:
+        before = image.read_superblock(target).state
+        if before not in DISCARDABLE:
+            print(f"{args.image}: nothing to discard (state {before.name})")
+            return EXIT_OK
+        reason = "discarded by the administrator (kjumpctl image discard)"
+        image.discard(target, f"{reason}: {args.reason}" if args.reason else reason)
+    print(f"{args.image}: discarded the {before.name} image; no boot will resume it")
+    return EXIT_OK
+
+
 def offset_argument(text: str) -> int:
     """``--offset``: a byte offset, a non-negative multiple of 4096 (decimal or 0x…)."""
     try:
@@ -274,7 +293,7 @@ def offset_argument(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``kjumpctl image …``."""
-    parser = sub.add_parser("image", help="write, verify, restore, inspect or wipe a hibernation image",
+    parser = sub.add_parser("image", help="write, verify, restore, inspect, discard or wipe a hibernation image",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
 
@@ -305,6 +324,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--json", action="store_true", help="print JSON")
     x = add("wipe", cmd_wipe, "overwrite with zeros what a restored or discarded image left on IMAGE")
     x.add_argument("image", metavar="IMAGE")
-    for p in (w, v, r, i, x):
+    d = add("discard", cmd_discard, "make the image on IMAGE unusable (DISCARDED) so that no boot resumes it")
+    d.add_argument("image", metavar="IMAGE")
+    d.add_argument("--reason", default="", help="recorded in the superblock with the discard")
+    for p in (w, v, r, i, x, d):
         p.add_argument("--offset", type=offset_argument, default=0,
                        help="byte offset of the image in IMAGE, a multiple of 4096 (default 0)")

@@ -1,28 +1,31 @@
 """All of kjumpd's D-Bus binding: the ``org.kjump.Hibernate1`` object, polkit, logind.
 
-pydbus publishes the object and calls the handlers; what pydbus cannot do is
-done with Gio directly on the same connection: owning the name without
-allowing replacement, polkit calls with a timeout, and logind's ``Inhibit``,
-whose file descriptor pydbus would lose (it closes received fds). The
-connection is private with exit-on-close off, so a lost bus ends the main
-loop through ``on_bus_lost`` instead of killing the process.
+Everything is done with Gio on one private connection (exit-on-close off, so
+a lost bus ends the main loop through ``on_bus_lost`` instead of killing the
+process): the object is registered from the interface XML, the name is owned
+without allowing replacement, and logind's ``Inhibit`` keeps its file
+descriptor.
+
+The main loop never waits for another process. A method call that needs
+polkit (or logind's inhibitor list) sends that question asynchronously and
+answers its own caller from the reply's callback, however long an
+authentication agent takes to answer; meanwhile every other call, property
+read and logind signal is served.
 
 Nothing here decides anything about hibernation: the handlers check the
-arguments, ask polkit, and call ``kjumpd.Manager``. The API is
-documented in ``docs/dbus.md``.
+arguments, ask polkit (and logind, for direct callers that are not root), and
+call ``kjumpd.daemon.manager.Manager``. The API is documented in
+``docs/dbus.md``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pydbus.bus  # noqa: F401  (adds the .pydbus property to Gio.DBusConnection)
 from gi.repository import Gio, GLib
-from pydbus.generic import signal
 
 from ..api import (
     ACTION_HIBERNATE,
@@ -30,56 +33,51 @@ from ..api import (
     BUS_NAME,
     ERROR_ACCESS_DENIED,
     ERROR_FAILED,
-    ERROR_INVALID_ARGS,
     ERROR_NAMES,
     INTERFACE,
     OBJECT_PATH,
     interface_xml,
 )
-from ..errors import KjumpError
+from ..errors import Inhibited, KjumpError
 from .manager import Manager
 
 log = logging.getLogger("kjumpd.dbus")
 
 POLKIT_TIMEOUT_MS = 5 * 60 * 1000  # an interactive check waits for the user to type a password
+LOGIND_TIMEOUT_MS = 25 * 1000
 
 LOGIND = ("org.freedesktop.login1", "/org/freedesktop/login1", "org.freedesktop.login1.Manager")
 POLKIT = ("org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority",
           "org.freedesktop.PolicyKit1.Authority")
+BUS_DRIVER = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 
 INTROSPECTION = interface_xml()
 _NODE = Gio.DBusNodeInfo.new_for_xml(INTROSPECTION)
-PROPERTY_TYPES = {p.name: p.signature for p in _NODE.interfaces[0].properties}
+_INTERFACE_INFO = _NODE.interfaces[0]
+PROPERTY_TYPES = {p.name: p.signature for p in _INTERFACE_INFO.properties}
+_SIGNAL_TYPES = {s.name: "(" + "".join(a.signature for a in s.args) + ")" for s in _INTERFACE_INFO.signals}
 
 
 class BusError(KjumpError):
     """The daemon cannot serve on the bus (no bus, name not allowed or taken)."""
 
 
-def _error_class(name: str, doc: str) -> type[Exception]:
-    """An exception class whose ``__name__`` is a D-Bus error name: pydbus replies with that name."""
-    cls = type(name.rsplit(".", 1)[1], (Exception,), {"__doc__": doc})
-    cls.__name__ = name
-    return cls
+class Refused(Exception):
+    """A D-Bus error reply: its name and message."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
-AccessDenied = _error_class(ERROR_ACCESS_DENIED, "polkit said no.")
-InvalidArgs = _error_class(ERROR_INVALID_ARGS, "An argument is malformed.")
-# the manager's refusals -> the reply classes carrying their names from kjumpd.api.ERROR_NAMES
-ERRORS: dict[type[KjumpError], type[Exception]] = {
-    cls: _error_class(name, cls.__doc__ or "") for cls, name in ERROR_NAMES.items()}
-Failed = _error_class(ERROR_FAILED, "The operation failed; the message says why.")
-_REPLY_ERRORS = tuple(ERRORS.values()) + (AccessDenied, InvalidArgs, Failed)
-
-
-class _QuietExpectedErrors(logging.Filter):
-    """pydbus logs a traceback for every error reply; ours are answers, not crashes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _REPLY_ERRORS))
-
-
-logging.getLogger("pydbus.registration").addFilter(_QuietExpectedErrors())
+def error_reply(exc: BaseException) -> Refused:
+    """The error reply for an exception: the documented name of a manager's refusal, else ``Error.Failed``."""
+    if isinstance(exc, Refused):
+        return exc
+    if isinstance(exc, KjumpError):
+        return Refused(ERROR_NAMES.get(type(exc), ERROR_FAILED), str(exc))
+    log.error("unexpected failure in a method call", exc_info=exc)
+    return Refused(ERROR_FAILED, f"internal error: {exc}")
 
 
 def to_variant(value: Any) -> GLib.Variant:
@@ -112,127 +110,174 @@ def to_vardict(mapping: dict[str, Any]) -> dict[str, GLib.Variant]:
     return {str(k): to_variant(v) for k, v in mapping.items() if v is not None}
 
 
-def _wire(name: str, value: Any) -> Any:
-    """A property value in the form pydbus needs to wrap it in the property's type."""
-    return to_vardict(value) if PROPERTY_TYPES[name] == "a{sv}" else value
+def property_variant(name: str, value: Any) -> GLib.Variant:
+    """A property's value as a variant of the type the interface XML gives it."""
+    kind = PROPERTY_TYPES[name]
+    return GLib.Variant(kind, to_vardict(value) if kind == "a{sv}" else value)
+
+
+Reply = Callable[[Any], None]          # called with the answer: a value, or a Refused to send as an error
 
 
 class Polkit:
-    """polkit ``CheckAuthorization`` for the sender of a method call; fails closed."""
+    """polkit ``CheckAuthorization`` for the sender of a method call, asynchronous; fails closed."""
 
     def __init__(self, con: Gio.DBusConnection) -> None:
         self.con = con
 
-    def check(self, sender: str, action: str, *, interactive: bool) -> tuple[bool, bool]:
-        """(authorized, challenge) for ``sender``; an unreachable polkit means not authorized."""
+    def check(self, sender: str, action: str, interactive: bool,
+              done: Callable[[bool, bool], None]) -> None:
+        """Ask polkit; later call ``done(authorized, challenge)`` on the main loop (unreachable: not authorized)."""
         subject = ("system-bus-name", {"name": GLib.Variant("s", sender)})
-        try:
-            reply = self.con.call_sync(
-                *POLKIT, "CheckAuthorization",
-                GLib.Variant("((sa{sv})sa{ss}us)", (subject, action, {}, 1 if interactive else 0, "")),
-                GLib.VariantType.new("((bba{ss}))"), Gio.DBusCallFlags.NONE, POLKIT_TIMEOUT_MS, None)
-        except GLib.Error as exc:
-            log.warning("polkit check of %s for %s failed: %s", action, sender, exc.message)
-            return False, False
-        authorized, challenge, _details = reply.unpack()[0]
-        return bool(authorized), bool(challenge)
 
-    def require(self, invocation: Gio.DBusMethodInvocation, action: str) -> None:
-        """Raise AccessDenied unless the caller may do ``action`` (interactive if the caller allows)."""
+        def answered(con: Gio.DBusConnection, result: Gio.AsyncResult) -> None:
+            try:
+                authorized, challenge, _details = con.call_finish(result).unpack()[0]
+            except GLib.Error as exc:
+                log.warning("polkit check of %s for %s failed: %s", action, sender, exc.message)
+                authorized = challenge = False
+            done(bool(authorized), bool(challenge))
+
+        self.con.call(*POLKIT, "CheckAuthorization",
+                      GLib.Variant("((sa{sv})sa{ss}us)", (subject, action, {}, 1 if interactive else 0, "")),
+                      GLib.VariantType.new("((bba{ss}))"), Gio.DBusCallFlags.NONE, POLKIT_TIMEOUT_MS, None,
+                      answered)
+
+    def require(self, invocation: Gio.DBusMethodInvocation, action: str, allowed: Callable[[], None],
+                reply: Reply) -> None:
+        """Call ``allowed()`` once polkit allows the caller ``action``; else ``reply`` AccessDenied.
+
+        The check is interactive when the caller allows it (the message flag).
+        """
         flags = invocation.get_message().get_flags()
         interactive = bool(flags & Gio.DBusMessageFlags.ALLOW_INTERACTIVE_AUTHORIZATION)
         sender = invocation.get_sender()
-        authorized, challenge = self.check(sender, action, interactive=interactive)
-        if not authorized:
-            hint = " (authentication is required: call with interactive authorization allowed)" if challenge else ""
-            log.info("%s denied to %s", action, sender)
-            raise AccessDenied(f"not authorized for {action}{hint}")
+
+        def done(authorized: bool, challenge: bool) -> None:
+            if not authorized:
+                hint = " (authentication is required: call with interactive authorization allowed)" if challenge else ""
+                log.info("%s denied to %s", action, sender)
+                reply(Refused(ERROR_ACCESS_DENIED, f"not authorized for {action}{hint}"))
+                return
+            allowed()
+
+        self.check(sender, action, interactive, done)
+
+
+def _answer(work: Callable[[], Any], reply: Reply) -> None:
+    """``reply(work())``, or the error reply for what ``work`` raised."""
+    try:
+        value = work()
+    except Exception as exc:  # every failure becomes an error reply, none may kill the daemon
+        reply(error_reply(exc))
+        return
+    reply(value)
 
 
 class HibernateObject:
-    """The object at /org/kjump/Hibernate1 as pydbus sees it; an Observer of the manager."""
+    """The object at /org/kjump/Hibernate1, registered with Gio; an Observer of the manager."""
 
-    dbus = INTROSPECTION
-    PropertiesChanged = signal()
-    Resumed = signal()
-    DevicesChanged = signal()
-
-    def __init__(self, manager: Manager, polkit: Polkit) -> None:
+    def __init__(self, con: Gio.DBusConnection, manager: Manager, polkit: Polkit, logind: Logind) -> None:
+        self.con = con
         self.manager = manager
         self.polkit = polkit
+        self.logind = logind
+        self.registration = con.register_object(OBJECT_PATH, _INTERFACE_INFO, self._method_call,
+                                                self._get_property, None)
+
+    def unregister(self) -> None:
+        """Take the object off the bus."""
+        self.con.unregister_object(self.registration)
+
+    # dispatch ----------------------------------------------------------------------------------
+
+    def _method_call(self, _con: Gio.DBusConnection, sender: str, _path: str, _interface: str, method: str,
+                     parameters: GLib.Variant, invocation: Gio.DBusMethodInvocation) -> None:
+        out = {m.name: "(" + "".join(a.signature for a in m.out_args) + ")" for m in _INTERFACE_INFO.methods}[method]
+
+        def reply(value: Any) -> None:
+            if isinstance(value, Refused):
+                invocation.return_dbus_error(value.name, str(value))
+            elif out == "()":
+                invocation.return_value(None)
+            else:
+                invocation.return_value(GLib.Variant(out, (value,)))
+
+        handler = getattr(self, f"_do_{method}")
+        try:
+            handler(invocation, sender, reply, *parameters.unpack())
+        except Exception as exc:
+            reply(error_reply(exc))
+
+    def _get_property(self, _con: Gio.DBusConnection, _sender: str, _path: str, _interface: str,
+                      name: str) -> GLib.Variant:
+        return property_variant(name, self.manager.get(name))
 
     # methods -----------------------------------------------------------------------------------
 
-    def Hibernate(self, restart_point: str, dbus_context: Any) -> None:
-        self._hibernate(restart_point, {}, dbus_context)
+    def _do_Hibernate(self, invocation: Gio.DBusMethodInvocation, sender: str, reply: Reply,
+                      restart_point: str) -> None:
+        self._hibernate(invocation, sender, reply, restart_point, {})
 
-    def HibernateWithOptions(self, restart_point: str, options: dict[str, Any], dbus_context: Any) -> None:
-        self._hibernate(restart_point, options, dbus_context)
+    def _do_HibernateWithOptions(self, invocation: Gio.DBusMethodInvocation, sender: str, reply: Reply,
+                                 restart_point: str, options: dict[str, Any]) -> None:
+        self._hibernate(invocation, sender, reply, restart_point, options)
 
-    def CanHibernate(self, dbus_context: Any) -> str:
-        if self.manager.can_hibernate() != "yes":
-            return "na"
-        authorized, challenge = self.polkit.check(dbus_context.sender, ACTION_HIBERNATE, interactive=False)
-        return "yes" if authorized else "challenge" if challenge else "no"
+    def _hibernate(self, invocation: Gio.DBusMethodInvocation, sender: str, reply: Reply, restart_point: str,
+                   options: dict[str, Any]) -> None:
+        # Arguments first: a malformed call is answered without asking polkit.
+        self.manager.check_options(options)
+        self.manager.resolve_restart_point(restart_point, options.get("sleep-operation", "hibernate"))
 
-    # pydbus hides the Gio invocation in dbus_context._mi; polkit needs its message flags.
-
-    def Prepare(self, dbus_context: Any) -> None:
-        self.polkit.require(dbus_context._mi, ACTION_MANAGE)
-        with _translated():
-            self.manager.prepare()
-
-    def Cancel(self, dbus_context: Any) -> None:
-        self.polkit.require(dbus_context._mi, ACTION_MANAGE)
-        with _translated():
-            self.manager.cancel()
-
-    def _hibernate(self, restart_point: str, options: dict[str, Any], dbus_context: Any) -> None:
-        with _translated():
-            # Arguments first: a malformed call is answered without asking polkit.
-            self.manager.check_options(options)
-            self.manager.resolve_restart_point(restart_point, options.get("sleep-operation", "hibernate"))
-        self.polkit.require(dbus_context._mi, ACTION_HIBERNATE)
-        log.info("Hibernate(%r, %r) from %s", restart_point, options, dbus_context.sender)
-        with _translated():
+        def start() -> None:
+            log.info("Hibernate(%r, %r) from %s", restart_point, options, sender)
             self.manager.hibernate(restart_point, options)
+
+        self.polkit.require(invocation, ACTION_HIBERNATE,
+                            lambda: self.logind.unless_blocked(sender, lambda: _answer(start, reply), reply), reply)
+
+    def _do_CanHibernate(self, _invocation: Gio.DBusMethodInvocation, sender: str, reply: Reply) -> None:
+        if self.manager.can_hibernate() != "yes":
+            reply("na")
+            return
+        self.polkit.check(sender, ACTION_HIBERNATE, False, lambda authorized, challenge: reply(
+            "yes" if authorized else "challenge" if challenge else "no"))
+
+    def _do_Prepare(self, invocation: Gio.DBusMethodInvocation, _sender: str, reply: Reply) -> None:
+        self.polkit.require(invocation, ACTION_MANAGE, lambda: _answer(self.manager.prepare, reply), reply)
+
+    def _do_Cancel(self, invocation: Gio.DBusMethodInvocation, _sender: str, reply: Reply) -> None:
+        self.polkit.require(invocation, ACTION_MANAGE, lambda: _answer(self.manager.cancel, reply), reply)
 
     # observer ----------------------------------------------------------------------------------
 
+    def _emit(self, interface: str, name: str, parameters: GLib.Variant) -> None:
+        if not self.con.is_closed():
+            self.con.emit_signal(None, OBJECT_PATH, interface, name, parameters)
+
     def properties_changed(self, changed: dict[str, Any]) -> None:
-        self.PropertiesChanged(INTERFACE, {k: _wire(k, v) for k, v in changed.items()}, [])
+        self._emit("org.freedesktop.DBus.Properties", "PropertiesChanged", GLib.Variant(
+            "(sa{sv}as)", (INTERFACE, {k: property_variant(k, v) for k, v in changed.items()}, [])))
 
     def resumed(self, restart_point: str, details: dict[str, Any]) -> None:
-        self.Resumed(restart_point, to_vardict(details))
+        self._emit(INTERFACE, "Resumed", GLib.Variant(_SIGNAL_TYPES["Resumed"], (restart_point, to_vardict(details))))
 
     def devices_changed(self, added: list[str], removed: list[str]) -> None:
-        self.DevicesChanged(added, removed)
-
-
-def _property(name: str) -> property:
-    return property(lambda self: _wire(name, self.manager.get(name)), doc=f"The {name} property (docs/dbus.md).")
-
-
-for _name in PROPERTY_TYPES:
-    setattr(HibernateObject, _name, _property(_name))
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """Turn the manager's refusals into D-Bus errors with the documented names."""
-    try:
-        yield
-    except KjumpError as exc:
-        raise ERRORS.get(type(exc), Failed)(str(exc)) from exc
+        self._emit(INTERFACE, "DevicesChanged", GLib.Variant(_SIGNAL_TYPES["DevicesChanged"], (added, removed)))
 
 
 class Logind:
-    """logind's side of sleep: a *delay* inhibitor held while idle, and PrepareForSleep.
+    """logind's side of sleep: a *delay* inhibitor held while idle, PrepareForSleep, and block inhibitors.
 
     The inhibitor is taken when logind appears on the bus and again after
     each ``PrepareForSleep(false)``; on ``PrepareForSleep(true)`` the manager
     makes sure the hibernate kernel is staged, then the lock is released so
-    logind can go on.
+    logind can go on. Every call to logind is asynchronous.
+
+    A caller that reaches kjumpd directly skips logind's inhibitors; one that
+    is not root is refused while a *block* inhibitor for sleep is held
+    (``unless_blocked``). Root is not asked: logind's own sleep services run
+    ``kjumpctl`` as root after logind has honoured its inhibitors already.
     """
 
     WHY = "Make sure the hibernate kernel is staged before sleeping"
@@ -241,6 +286,8 @@ class Logind:
         self.con = con
         self.manager = manager
         self.fd = -1
+        self._wanted = False     # the inhibitor should be held (a late reply to take() is dropped otherwise)
+        self._asking = False
         self._subscription = con.signal_subscribe(
             LOGIND[0], LOGIND[2], "PrepareForSleep", LOGIND[1], None, Gio.DBusSignalFlags.NONE,
             self._on_prepare_for_sleep)
@@ -248,22 +295,75 @@ class Logind:
             con, LOGIND[0], Gio.BusNameWatcherFlags.NONE, self._on_appeared, self._on_vanished)
 
     def take(self) -> None:
-        """Take the delay inhibitor unless it is held; a failure is logged, not fatal."""
-        if self.fd >= 0:
+        """Ask for the delay inhibitor unless it is held or asked for; a failure is logged, not fatal.
+
+        A reply that comes after ``release()`` (logind already preparing to
+        sleep) is closed at once.
+        """
+        self._wanted = True
+        if self.fd >= 0 or self._asking:
             return
-        try:
-            reply, fds = self.con.call_with_unix_fd_list_sync(
-                *LOGIND, "Inhibit", GLib.Variant("(ssss)", ("sleep", "kjumpd", self.WHY, "delay")),
-                GLib.VariantType.new("(h)"), Gio.DBusCallFlags.NONE, 25000, None, None)
-        except GLib.Error as exc:
-            log.warning("cannot take logind's delay inhibitor: %s", exc.message)
-            return
-        (index,) = reply.unpack()
-        self.fd = fds.steal_fds()[index]  # steal: get() would dup and leave a copy open
-        log.debug("logind delay inhibitor taken (fd %d)", self.fd)
+        self._asking = True
+
+        def answered(con: Gio.DBusConnection, result: Gio.AsyncResult) -> None:
+            self._asking = False
+            try:
+                reply, fds = con.call_with_unix_fd_list_finish(result)
+            except GLib.Error as exc:
+                log.warning("cannot take logind's delay inhibitor: %s", exc.message)
+                return
+            (index,) = reply.unpack()
+            fd = fds.steal_fds()[index]  # steal: get() would dup and leave a copy open
+            if not self._wanted:
+                os.close(fd)
+                return
+            self.fd = fd
+            log.debug("logind delay inhibitor taken (fd %d)", self.fd)
+
+        self.con.call_with_unix_fd_list(
+            *LOGIND, "Inhibit", GLib.Variant("(ssss)", ("sleep", "kjumpd", self.WHY, "delay")),
+            GLib.VariantType.new("(h)"), Gio.DBusCallFlags.NONE, LOGIND_TIMEOUT_MS, None, None, answered)
+
+    def unless_blocked(self, sender: str, go: Callable[[], None], reply: Reply) -> None:
+        """Call ``go()`` unless ``sender`` is not root and a block inhibitor for sleep is held (then reply Inhibited).
+
+        Without logind on the bus nothing can be inhibited. The caller's uid
+        and the inhibitor list are asked asynchronously.
+        """
+        def listed(con: Gio.DBusConnection, result: Gio.AsyncResult) -> None:
+            try:
+                (inhibitors,) = con.call_finish(result).unpack()
+            except GLib.Error as exc:
+                log.warning("cannot list logind's inhibitors (%s): not checking them", exc.message)
+                go()
+                return
+            blocking = [f"{who} (uid {uid}, pid {pid}): {why}" for what, who, why, mode, uid, pid in inhibitors
+                        if mode == "block" and "sleep" in what.split(":")]
+            if blocking:
+                log.info("hibernation from %s refused: sleep is inhibited by %s", sender, "; ".join(blocking))
+                reply(error_reply(Inhibited("sleep is inhibited by " + "; ".join(blocking)
+                                            + " (ask logind instead: systemctl hibernate)")))
+                return
+            go()
+
+        def identified(con: Gio.DBusConnection, result: Gio.AsyncResult) -> None:
+            try:
+                (uid,) = con.call_finish(result).unpack()
+            except GLib.Error as exc:
+                reply(Refused(ERROR_FAILED, f"cannot identify the caller: {exc.message}"))
+                return
+            if uid == 0:
+                go()
+                return
+            con.call(*LOGIND, "ListInhibitors", None, GLib.VariantType.new("(a(ssssuu))"),
+                     Gio.DBusCallFlags.NO_AUTO_START, LOGIND_TIMEOUT_MS, None, listed)
+
+        self.con.call(*BUS_DRIVER, "GetConnectionUnixUser", GLib.Variant("(s)", (sender,)),
+                      GLib.VariantType.new("(u)"), Gio.DBusCallFlags.NONE, LOGIND_TIMEOUT_MS, None, identified)
 
     def release(self) -> None:
         """Close the inhibitor's fd, which lets logind proceed."""
+        self._wanted = False
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -297,10 +397,9 @@ class Service:
     def __init__(self, con: Gio.DBusConnection, manager: Manager) -> None:
         self.con = con
         self.manager = manager
-        self.object = HibernateObject(manager, Polkit(con))
-        self.registration = con.pydbus.register_object(OBJECT_PATH, self.object, None)
-        manager.observers.append(self.object)
         self.logind = Logind(con, manager)
+        self.object = HibernateObject(con, manager, Polkit(con), self.logind)
+        manager.observers.append(self.object)
 
     @classmethod
     def start(cls, manager: Manager, address: str | None = None,
@@ -339,6 +438,6 @@ class Service:
         self.logind.stop()
         if self.object in self.manager.observers:
             self.manager.observers.remove(self.object)
-        self.registration.unregister()
+        self.object.unregister()
         if not self.con.is_closed():
             self.con.close_sync(None)

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from .. import image, kexec
 from ..errors import FormatError, ImageError, KjumpError, MachineError, RefusedError
-from ..format import RESTART_POINTS, Compression, Handoff, State, Superblock
+from ..format import RESTART_POINTS, RESULT_OK, Compression, Handoff, State, Superblock
 from ..kexec import KernelParameters, LoadSpec
 from ..machine import Machine, MachineLostError
 from ..memmap import DEFAULT_LOW, MemoryMap, Range, choose_region, save_map
@@ -234,6 +234,34 @@ class Hibernator:
         """At daemon start: thaw the file systems a daemon that died mid-hibernation left frozen."""
         return self.machine.thaw_left_frozen()
 
+    def discard_stale_image(self) -> str:
+        """At daemon start: discard an image no boot may resume any more; returns the reason ("": none).
+
+        A SAVED image that a running A finds was not resumed by this boot (a
+        boot whose initramfs lacks kjumpd's hook, a dracut boot, a hook that
+        could not run), and this boot has been writing to the disks since: a
+        later boot that resumed it would write old memory over them. No
+        hibernation is under way when the daemon starts, so an image of this
+        very boot is just as stale (a daemon that died after B saved). A
+        RESUMING or RESTORING image is finished off too (its reason says why).
+        """
+        try:
+            with self._open_target(writable=True) as target:
+                superblock = image.read_superblock(target)
+                if superblock.state not in (*image.RESUMABLE, State.RESTORING):
+                    return ""
+                running = self.machine.identity().boot_id
+                whose = ("this boot" if superblock.identity.boot_id == running
+                         else f"boot {superblock.identity.boot_id.hex()}")
+                reason = (f"found {superblock.state.name} by kjumpd at start of boot {running.hex()} "
+                          f"(saved by {whose}), which did not resume it")
+                image.discard(target, reason)
+        except KjumpError as exc:
+            log.error("cannot check the image target for a stale image: %s", exc)
+            return ""
+        log.warning("image discarded: %s", reason)
+        return reason
+
     # --- staging ----------------------------------------------------------
 
     def is_staged(self) -> bool:
@@ -423,6 +451,12 @@ class Hibernator:
             return superblock, False, f"the hibernate kernel did not record this jump (did it run?){why}", ""
         if superblock.state == State.RESTORED:
             return superblock, True, "", OUTCOME_RESUMED
+        if superblock.state == State.DISCARDED and superblock.result == RESULT_OK:
+            # B saved, then made the image unusable before A ran again: A
+            # carries on (resume), or B could not power off or reboot.
+            if superblock.restart_point == "resume":
+                return superblock, False, "", OUTCOME_SAVED
+            return superblock, False, superblock.reason, ""
         if superblock.state != State.SAVED:
             reason = superblock.reason or f"the save did not complete (image state {superblock.state.name})"
             if superblock.state == State.SAVING:
@@ -430,9 +464,16 @@ class Hibernator:
             return superblock, False, f"saving the image failed: {reason}", ""
         point = superblock.restart_point
         log.info("image saved (%d pages); restart point %s", superblock.pages_total, point)
-        if point == "resume":
-            image.discard(target, "A carried on (restart point resume)")
-            return superblock, False, "", OUTCOME_SAVED
+        if point in ("resume", "shutdown", "reboot"):
+            # B discards before it returns; a SAVED image here means it could
+            # not. A has been running (and writing) since the jump back: the
+            # image is stale, and discarding it is the first thing to do.
+            image.discard(target, "A carried on (restart point resume)" if point == "resume"
+                          else f"A runs again after {point}: the hibernate kernel returned instead")
+            if point == "resume":
+                return superblock, False, "", OUTCOME_SAVED
+            return superblock, False, (f"the hibernate kernel did not {point} and could not discard the image; "
+                                       "A discarded it"), ""
         if point == "suspend":
             try:
                 self.machine.suspend_to_ram()
@@ -444,14 +485,9 @@ class Hibernator:
                 return after, True, "", OUTCOME_RESUMED   # the power went while asleep
             image.discard(target, "woke from suspend to RAM")
             return superblock, False, "", OUTCOME_WOKE
-        power = {"platform": self.machine.hibernate_platform, "shutdown": self.machine.power_off,
-                 "reboot": self.machine.reboot}[point]
         try:
-            power()
+            self.machine.hibernate_platform()
         except MachineError as exc:
-            if point != "platform":
-                image.discard(target, f"{point} failed: {exc}")
-                return superblock, False, f"{point} failed: {exc}", ""
             log.warning("%s; powering off instead (the image is on disk)", exc)
             try:
                 self.machine.power_off()
@@ -463,4 +499,6 @@ class Hibernator:
         after = self._read(target)
         if after.state == State.RESTORED and after.sequence == sequence:
             return after, True, "", OUTCOME_RESUMED
+        if after.state == State.SAVED:
+            image.discard(target, f"A runs again after {point} without a resume")
         return after, False, f"A runs again after {point} but the image was not restored (state {after.state.name})", ""
