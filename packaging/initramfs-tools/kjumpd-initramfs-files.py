@@ -39,11 +39,13 @@ the 12 MB of Python it would not use.
 from __future__ import annotations
 
 import importlib.util
+import json
 import modulefinder
 import os
 import pkgutil
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,8 +73,31 @@ def package_files(package: str) -> Iterator[Path]:
                 yield path
 
 
+# Imports ``names`` (JSON in argv[1]) and prints the file of every module then loaded.
+_PROBE = """
+import importlib, json, sys
+for name in json.loads(sys.argv[1]):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+print(json.dumps({name: getattr(module, "__file__", None) for name, module in list(sys.modules.items())}))
+"""
+
+
+def _kind(path: Path) -> str:
+    return "exec" if path.suffix == ".so" else "file"
+
+
 def module_closure(names: list[str]) -> Iterator[tuple[str, Path]]:
-    """The files of ``names`` and of everything they import, as (kind, path)."""
+    """The files of ``names`` and of everything they import, as (kind, path).
+
+    modulefinder reads the import statements of Python source; what compiled
+    extension modules import when they load (cryptography's bindings import
+    ``_cffi_backend``) only shows when the modules are imported, so a child
+    interpreter imports them too and everything it then holds is added
+    (without the EXCLUDES packages, which the resume check never loads).
+    """
     finder = modulefinder.ModuleFinder(excludes=EXCLUDES)
     for name in names:
         try:
@@ -81,8 +106,16 @@ def module_closure(names: list[str]) -> Iterator[tuple[str, Path]]:
             warn(f"cannot follow the imports of {name}: {exc}")
     for module in finder.modules.values():
         if module.__file__:
-            path = Path(module.__file__)
-            yield ("exec" if path.suffix == ".so" else "file"), path
+            yield _kind(Path(module.__file__)), Path(module.__file__)
+    importable = [name for name in names if not name.endswith(".__main__")]     # that one would run kjumpctl
+    probe = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(importable)], capture_output=True, text=True,
+                           check=False)
+    if probe.returncode != 0:
+        warn(f"cannot import {', '.join(names)} to list their modules: {probe.stderr.strip()[-300:]}")
+        return
+    for name, file in json.loads(probe.stdout).items():
+        if file and name.split(".")[0] not in EXCLUDES:
+            yield _kind(Path(file)), Path(file)
 
 
 def kjumpd_modules() -> list[str]:
