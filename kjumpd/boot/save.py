@@ -8,6 +8,10 @@ what to save and what to do after.
 
 A failed save never strands A: the image is marked DISCARDED with the reason
 and the restart point becomes ``resume``, so A carries on and reports it.
+Whenever B returns to A after a good save without A being frozen (restart
+point ``resume``, or a power-off or reboot that failed) it discards the image
+first: A's tasks write from the moment A runs again, so the image would be
+stale, and no boot may resume it (docs/restart-points.md).
 When A jumps into the parked B again, the jump back returns here and the
 next hibernation starts with a fresh handoff.
 """

@@ -14,6 +14,8 @@ Steps (issue 6):
   5 the VM powers off               10 the workload carries on, kjumpd reports it
  11 a second full cycle (2-10)      12 restart point "resume": A->B->A, no power cycle
  13 a corrupted image: C refuses it, the machine boots normally
+ 13b the refused image, repaired, is not resumed by the next boot (it was discarded)
+ 13c noresume: a normal boot that discards the image; the next boot does not resume it
  14 clean shutdown: fsck clean, the workload's file intact on disk
 """
 
@@ -74,6 +76,7 @@ class Run:
     workload: tuple[str, int] | None = None       # (token, counter) last seen
     pending: tuple[str, int] | None = None        # hibernate command still running (id, pos)
     tokens: list = field(default_factory=list)
+    flipped: int | None = None                    # where step 13 corrupted the image
     a_ready: bool = False                         # the current QEMU runs A, idle, agent answering
 
     @property
@@ -198,8 +201,8 @@ def fsck(image: Path) -> tuple[int, str]:
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
-def boot_a(run: Run, label: str, rung) -> None:
-    boot = run.start(label)
+def boot_a(run: Run, label: str, rung, append: str = "") -> None:
+    boot = run.start(label, append)
     boot.wait_for(AGENT_READY, 300, what="A's init: agent ready", fail=PANIC)
     run.agent.handshake(60)
     deadline = time.monotonic() + 240
@@ -411,11 +414,8 @@ def test_13_corrupted_image_refused(run, ladder):
         sb = superblock(run)
         assert sb.state.name == "SAVED"
         where = DATA_OFFSET + sb.stream_bytes // 2
-        with open(run.config.image_disk, "r+b") as f:
-            f.seek(where)
-            data = bytearray(f.read(64))
-            f.seek(where)
-            f.write(bytes(b ^ 0xFF for b in data))
+        flip_bytes(run, where)
+        run.flipped = where
         old_token = run.workload[0] if run.workload else None
         boot = run.start("corrupt")
         m = boot.wait_for(r"kjump: not resuming: .*|kjump: resume failed: .*", 900, what="C or R refuses",
@@ -440,6 +440,64 @@ def test_13_corrupted_image_refused(run, ladder):
         run.a_ready = True
         refusal = re.split(r"\[\s*\d+\.\d+\]", refusal)[0].replace("kjump: ", "")
         rung.note = (rung.note + "; " if rung.note else "") + f"{refusal[:120]} (bytes flipped at {where:#x})"
+
+
+def flip_bytes(run: Run, where: int) -> None:
+    """Invert 64 bytes of the image disk (a second call undoes it)."""
+    with open(run.config.image_disk, "r+b") as f:
+        f.seek(where)
+        data = f.read(64)
+        f.seek(where)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def power_off_a(run: Run) -> None:
+    """A clean power-off of a running A: the workload stopped, / read-only, then poweroff -f."""
+    run.a_ready = False
+    run.agent.start("kill $(cat /run/work.pid); sync; mount -o remount,ro /; sync; poweroff -f")
+    assert run.boot.wait_exit(180) == 0
+
+
+def not_resumed_again(run: Run, label: str, rung) -> None:
+    """Power A off, boot again without any refusal reason: the discarded image is not resumed."""
+    power_off_a(run)
+    boot_a(run, label, rung)
+    assert "kjump: resuming the hibernated system" not in run.boot.text, "a discarded image was resumed"
+    assert re.search(r"kjump: not resuming: /dev/vdb holds a discarded image", run.boot.text), \
+        "C did not report the discarded image"
+
+
+def test_13b_refused_image_not_resumed_on_the_next_boot(run, ladder):
+    """One image, one chance (issue 10 §1): the refused image was made unusable, so even
+    with the corruption undone the next boot does not resume it."""
+    with step(run, ladder, "13b", "refused image, repaired: the next boot does not resume it", "13") as rung:
+        sb = superblock(run)
+        assert sb.state.name == "DISCARDED", f"the refused image is {sb.state.name}, not DISCARDED"
+        flip_bytes(run, run.flipped)
+        not_resumed_again(run, "after-repair", rung)
+        rung.note = f"DISCARDED ({sb.reason[:90]}); repaired and booted again: not resumed"
+
+
+def test_13c_noresume_discards(run, ladder):
+    with step(run, ladder, "13c", "noresume: normal boot, image discarded, not resumed later", "1") as rung:
+        ensure_a(run, rung)
+        run.agent.run("kjumpctl prepare", 600)
+        run.a_ready = False
+        ident, pos = run.agent.start("kjumpctl hibernate --wait --restart-point=shutdown")
+        run.boot.wait_for(r"kjump: image saved: .*", 1200, start=pos, what="B: image saved",
+                          fail=r"kjump: saving the image failed.*|" + Agent.MARK.format(id=ident) + "|" + PANIC)
+        assert run.boot.wait_exit(180) == 0
+        assert superblock(run).state.name == "SAVED"
+        old_token = run.workload[0] if run.workload else None
+        boot_a(run, "noresume", rung, append="noresume")
+        assert "kjump: resuming the hibernated system" not in run.boot.text
+        assert run.workload[0] != old_token, "the workload kept its token: the image was resumed"
+        assert re.search(r"kjump: not resuming: noresume on the kernel command line; the image on /dev/vdb "
+                         r"is discarded", run.boot.text), "C did not say it discarded the image"
+        sb = superblock(run)
+        assert sb.state.name == "DISCARDED" and "noresume" in sb.reason, f"{sb.state.name}: {sb.reason}"
+        not_resumed_again(run, "after-noresume", rung)
+        rung.note = f"noresume: {sb.state.name} ({sb.reason}); next boot: not resumed"
 
 
 def test_14_clean_shutdown_fsck_and_file(run, ladder):

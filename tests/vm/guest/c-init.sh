@@ -23,7 +23,14 @@ done
 say "initramfs: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpu(s)"
 say "resume-check: start (initramfs, root not mounted)"
 kjumpctl resume-check </dev/null
-say "resume-check: exit status $? (no resume, booting normally)"
+rc=$?
+if [ "$rc" -eq 3 ]; then
+    # a saved image that cannot be discarded: booting on could resume it later
+    # over a changed root fs (docs/initramfs.md); the VM stops here.
+    say "resume-check: exit status 3: the image cannot be discarded; boot stopped"
+    exec sh
+fi
+say "resume-check: exit status $rc (no resume, booting normally)"
 
 tries=0
 until mount -t ext4 -o ro "$root" /root 2>/dev/null; do
