@@ -80,6 +80,7 @@ remove_root() {
 # The recipe of the cached root. Its text is part of the cache key.
 build_root() {
     local root=$1
+    chmod 755 "$root"   # mktemp made it 0700: as / of the root, nobody could use anything in it
     debootstrap --variant=minbase "$suite" "$root" "$mirror"
     {
         echo "deb $mirror $suite main"
