@@ -170,3 +170,17 @@ def test_kjumpctl_image_discard_bad_input_is_one_line(tmp_path: Path) -> None:
     assert missing.stderr.startswith("kjumpctl: ") and "Traceback" not in missing.stderr
     usage = kjumpctl("image", "discard")
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+def test_an_unexpected_error_in_the_checks_still_discards(machine: SimulatedMachine,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever stops the resume (here a bug: a ValueError from a layout helper), the image
+    must not outlive the boot: the script boots on after any exit status but 3."""
+    def broken(self: SimulatedMachine) -> list:
+        raise ValueError("bad range")
+
+    monkeypatch.setattr(SimulatedMachine, "system_ram", broken)
+    assert resume.run(options(machine)) == resume.EXIT_CONTINUE
+    with ImageTarget.open(machine.target_path, writable=False) as target:
+        superblock = image.read_superblock(target)
+    assert superblock.state == State.DISCARDED and superblock.reason == "bad range"

@@ -216,8 +216,8 @@ def _resume(machine: Machine, options: argparse.Namespace, words: list[kexec.Wor
             # marks the image, the next boot finds RESUMING and discards it.
             image.set_state(target, State.RESUMING, reason=f"resume attempted by boot {machine.boot_id()}")
             machine.kexec_load(spec)
-        except KjumpError as exc:
-            return _discard(machine, target, name, offset, str(exc))
+        except Exception as exc:  # whatever stops the resume, the image must not outlive this boot
+            return _discard(machine, target, name, offset, str(exc) or type(exc).__name__)
     machine.console(f"resuming the hibernated system from {name}")
     try:
         machine.kexec_execute()
