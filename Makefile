@@ -5,6 +5,7 @@
 #   make check-fast  only the tests marked unit: seconds, no buses, no roots
 #   make lint        ruff over kjumpd, tests and bench
 #   make bench       image engine benchmark against lz4/zstd/cp
+#   make fuzz        fuzzing of the parsers and whole images (docs/fuzzing.md)
 #   make vm-test     the real path in QEMU (tests/vm, docs/vm-test.md)
 #   make deb, make deb-test   the Debian package (packaging/deb.mk)
 SHELL := /bin/bash
@@ -27,6 +28,8 @@ all: check
 include packaging/deb.mk
 # The system tests (make system-test), once they exist.
 -include tests/system/system.mk
+# make fuzz (not part of make check).
+-include tests/fuzz/fuzz.mk
 
 # Debian packages first (the venv sees them through --system-site-packages),
 # then only pure-Python tools from PyPI. venv.txt is what creating the venv and
