@@ -9,10 +9,13 @@ that target's UUID.
 
 Saving runs the chunk encoder on a thread pool (the compressors and ``pread``
 release the GIL, so both CPU cores work) while the calling thread writes the
-chunks in order. Restoring first verifies the whole image read-only, decoding
-every chunk, and writes nothing at all if anything is wrong; only then does it
-mark the image ``RESTORING``, write the pages back and mark it ``RESTORED``
-(consumed). Each state change is durable before the next step.
+chunks in order. Restoring reads every byte once: it checks the records that
+decide whether the image may be used at all (superblock, handoff, trailer,
+identity, layout) and writes nothing if they are wrong; then it marks the
+image ``RESTORING`` and checks each chunk just before writing its pages. A
+chunk found damaged after writing began discards the image (the destination
+is then partly written: in R, A's memory was lost anyway and the machine
+boots normally). Each state change is durable before the next step.
 
 A consumed image (``RESTORED`` or ``DISCARDED``) loses its handoff and trailer
 at once (:func:`set_state`); :func:`wipe` overwrites the chunk stream, which
@@ -496,6 +499,32 @@ def _usable(target: ImageTarget) -> tuple[Superblock, Handoff]:
     return superblock, handoff
 
 
+def _check_trailer(target: ImageTarget, superblock: Superblock) -> None:
+    """The trailer must be where the superblock says the stream ends and agree with it."""
+    position = DATA_OFFSET + superblock.stream_bytes
+    try:
+        trailer = Trailer.unpack(target.read(position, ALIGN))
+    except FormatError as exc:
+        raise ImageError(f"trailer (byte {position}): {exc}") from exc
+    if trailer != Trailer(superblock.chunk_count, superblock.pages_total, superblock.pages_zero,
+                          superblock.stream_bytes, superblock.stream_checksum):
+        raise ImageError("the trailer does not match the superblock — the image is incomplete or corrupt")
+
+
+def check_headers(target: ImageTarget) -> Superblock:
+    """Check what decides whether an image may be resumed, reading only its records.
+
+    Superblock (state SAVED), handoff (the one the image was saved from) and
+    trailer (where the superblock says, agreeing with it): one read of the
+    header area and one block, whatever the image's size. The chunks are
+    checked by :func:`restore` as it writes them, or by :func:`verify`.
+    ImageError says why the image may not be used.
+    """
+    superblock, _ = _usable(target)
+    _check_trailer(target, superblock)
+    return superblock
+
+
 def _decode(codec: _Codec, header: ChunkHeader, stored: bytes | memoryview) -> bytes | memoryview:
     encrypted = bool(header.flags & CHUNK_FLAG_ENCRYPTED)
     if encrypted != (codec.cipher is not None):
@@ -626,10 +655,17 @@ def _scatter(dest: PhysicalMemory, memmap: MemoryMap, header: ChunkHeader, raw: 
 def restore(target: ImageTarget, dest: PhysicalMemory, *, progress: Progress | None = None,
             expect: Identity | None = None, workers: int = WORKERS,
             key: bytes | bytearray | None = None) -> Superblock:
-    """Verify the whole image, then write its pages to ``dest`` and mark it consumed.
+    """Write the image's pages to ``dest``, checking each chunk just before it is written.
 
-    Nothing is written to ``dest`` (or the target) unless the read-only pass
-    found the image whole and, with ``expect``, made for this machine.
+    Every byte of the image is read once. Nothing is written to ``dest`` or
+    the target unless the records (:func:`check_headers`), the identity
+    (with ``expect``) and the layout are right. Then the image is marked
+    RESTORING and each chunk's header, payload and decoded pages are checked
+    before its pages are written; the stream checksum and trailer are checked
+    after the last chunk. A failure from then on marks the image DISCARDED
+    with the reason (it is never used again) and raises ImageError: ``dest``
+    is left partly written, which a caller that must not allow it avoids by
+    running ``verify(deep=True)`` first or by restoring into a new file.
 
     An encrypted image needs its data ``key``, which must authenticate the
     records before anything is written; then every chunk is authenticated
@@ -638,6 +674,7 @@ def restore(target: ImageTarget, dest: PhysicalMemory, *, progress: Progress | N
     """
     started = time.monotonic()
     superblock, handoff = _usable(target)
+    _check_trailer(target, superblock)
     if expect is not None:
         reason = superblock.identity.mismatch(expect)
         if reason:
@@ -649,11 +686,14 @@ def restore(target: ImageTarget, dest: PhysicalMemory, *, progress: Progress | N
     cipher = _image_cipher(target, superblock, handoff, key)
     if superblock.seal and cipher is None:
         raise ImageError("refusing to restore: the image is encrypted and no key was given")
-    verify(target, deep=True, progress=progress, workers=workers, key=key)
     set_state(target, State.RESTORING)
-    for header, raw in _decoded(target, superblock, workers, progress, "restore", cipher):
-        _scatter(dest, handoff.memmap, header, raw)
-    dest.flush()
+    try:
+        for header, raw in _decoded(target, superblock, workers, progress, "restore", cipher):
+            _scatter(dest, handoff.memmap, header, raw)
+        dest.flush()
+    except ImageError as exc:
+        discard(target, f"restore failed: {exc}")
+        raise
     return set_state(target, State.RESTORED, restored_ns=time.time_ns(),
                      restore_duration_ns=int((time.monotonic() - started) * 1e9))
 

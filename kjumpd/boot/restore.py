@@ -1,10 +1,12 @@
 """The restore program: runs in the hibernate kernel R (``python -m kjumpd.boot.restore``).
 
-C loaded R into the B region with ``kjump.role=restore``. R verifies the
-whole image, writes A's memory back (``mmap`` of ``/dev/mem`` on the real
-machine), marks the image consumed and jumps to A's entry. The engine writes
-nothing unless the whole image checked out; if anything fails, the image is
-discarded with the reason and the machine reboots into a normal boot.
+C loaded R into the B region with ``kjump.role=restore``. R reads the image
+once: it checks each chunk just before writing its pages back into A's
+memory (``mmap`` of ``/dev/mem`` on the real machine), marks the image
+consumed and jumps to A's entry. If anything fails, even after some pages
+were written (A's memory is lost then, but it was lost anyway: this is a
+fresh boot), the image is discarded with the reason and the machine reboots
+into a normal boot.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The resume hook: runs early in an ordinary boot C (``kjumpctl resume-check``).
 
 It looks for a hibernation image on the configured target, checks that it is
-complete, not consumed, whole (every chunk verified) and made on this machine
-with this RAM layout,
+complete, not consumed, whole (superblock, handoff and trailer agree: R checks
+each chunk as it writes it) and made on this machine with this RAM layout,
 then loads R into the B region the image records and jumps.
 
 One image, one chance (docs/format.md, "States"): the first boot that finds a
@@ -88,7 +88,7 @@ def check(machine: Machine, target: ImageTarget, name: str, superblock: Superblo
     if superblock.target_id and superblock.target_id != found_on:
         raise KjumpError(f"the image was written to {superblock.target_id} but found on {found_on}: "
                          "it belongs to another disk")
-    image.verify(target)      # ImageError: incomplete, consumed, discarded or corrupt
+    image.check_headers(target)   # ImageError: incomplete, consumed, discarded or corrupt
     region = Range(superblock.region_base, superblock.region_base + superblock.region_size)
     return region, superblock.target_id or name
 
@@ -216,8 +216,8 @@ def _resume(machine: Machine, options: argparse.Namespace, words: list[kexec.Wor
             # marks the image, the next boot finds RESUMING and discards it.
             image.set_state(target, State.RESUMING, reason=f"resume attempted by boot {machine.boot_id()}")
             machine.kexec_load(spec)
-        except Exception as exc:  # whatever stops the resume, the image must not outlive this boot
-            return _discard(machine, target, name, offset, str(exc) or type(exc).__name__)
+        except KjumpError as exc:
+            return _discard(machine, target, name, offset, str(exc))
     machine.console(f"resuming the hibernated system from {name}")
     try:
         machine.kexec_execute()

@@ -190,17 +190,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_restore(args: argparse.Namespace) -> int:
-    """kjumpctl image restore IMAGE DEST: verify, then write the pages into DEST.
+    """kjumpctl image restore IMAGE DEST: write the image's pages into DEST, checking each chunk first.
 
     A missing DEST is created with mode 0600 (it will hold RAM), never
-    through a symbolic link, and removed again if the restore is refused.
+    through a symbolic link, written in one pass over the image, and removed
+    again if the restore is refused or a chunk turns out damaged. An existing
+    DEST is written only after the whole image was verified (``verify
+    --deep``), so a damaged image never leaves it half-written.
     """
     expect_ram = load_map(args.map) if args.map else None
     with ImageTarget.open(args.image, offset=args.offset) as target, _new_file(args.dest) as created:
         if created:
-            image.verify(target)
+            image.check_headers(target)
             handoff, _ = image.read_handoff(target)
             os.truncate(args.dest, max((r.end for r in handoff.memmap.ranges()), default=0))
+        else:
+            image.verify(target, deep=True, progress=ProgressBar())
         expect = None
         if expect_ram is not None:
             sb = image.read_superblock(target)
@@ -315,7 +320,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("image", metavar="IMAGE")
     v.add_argument("--deep", action="store_true",
                    help="also decompress every chunk and check the pages (what a restore does first)")
-    r = add("restore", cmd_restore, "verify IMAGE, then write its pages into DEST (a memory file)")
+    r = add("restore", cmd_restore, "write the pages of IMAGE into DEST (a memory file), checking each chunk first; "
+                                    "an existing DEST is written only after the whole image was verified")
     r.add_argument("image", metavar="IMAGE")
     r.add_argument("dest", metavar="DEST")
     r.add_argument("--map", metavar="MAP", help="refuse unless the image was written for this RAM layout")
