@@ -426,6 +426,12 @@ def build(
     libs = _ldd(elves)
     for lib in libs:
         tree.add_host_file(lib)
+        if os.path.basename(lib).startswith("libcrypto.so.3"):
+            # OpenSSL 3 dlopens its providers (cryptography loads "legacy" when
+            # it starts, and fails without it): ldd cannot see them
+            providers = os.path.join(os.path.dirname(os.path.realpath(lib)), "ossl-modules")
+            for provider in sorted(os.listdir(providers)) if os.path.isdir(providers) else ():
+                tree.add_host_file(os.path.join(providers, provider))
 
     for name in applets:
         if not tree.has(name):

@@ -29,9 +29,10 @@ HIBERNATE_DIR = "/usr/lib/kjumpd/hibernate"
 TYPELIB_DIR = "/usr/lib/x86_64-linux-gnu/girepository-1.0"
 TYPELIBS = ("GLib-2.0", "GObject-2.0", "Gio-2.0", "GModule-2.0")
 #: libraries loaded with dlopen (ldd cannot see them): pyudev's ctypes
-#: libudev, and what the typelibs name
+#: libudev, what the typelibs name, and the OpenSSL 3 provider cryptography
+#: loads when it starts (kjumpd.seal; without it every import of kjumpd.image fails)
 DLOPENED = ("libudev.so.1", "libgio-2.0.so.0", "libgobject-2.0.so.0", "libglib-2.0.so.0",
-            "libgmodule-2.0.so.0", "libgirepository-1.0.so.1")
+            "libgmodule-2.0.so.0", "libgirepository-1.0.so.1", "ossl-modules/legacy.so")
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
                "config-3.11-x86_64-linux-gnu", "distutils", "unittest", "venv"}
