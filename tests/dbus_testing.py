@@ -195,8 +195,12 @@ class FakeHibernator:
     def thaw_left_frozen(self) -> list[str]:
         return []
 
-    def hibernate(self, restart_point: str, *, force: bool = False, progress: Any = None, cancel: Any = None) -> FakeResult:
-        self.calls.append(("hibernate", restart_point, force))
+    def fallback_problems(self) -> list[str]:
+        return ["no swap"]
+
+    def hibernate(self, restart_point: str, *, force: bool = False, progress: Any = None, cancel: Any = None,
+                  wake_after: float | None = None) -> FakeResult:
+        self.calls.append(("hibernate", restart_point, force) + ((wake_after,) if wake_after is not None else ()))
         if self.past_jump and cancel is not None and not cancel.commit():
             return FakeResult(restart_point, False, "cancelled", "cancelled before the jump")
         self._wait_gate()

@@ -376,3 +376,17 @@ def test_a_polkit_that_never_answers_blocks_nobody(system_bus: str, logind: Mock
         daemon.stop()
         polkit.kill()
         polkit.wait()
+
+
+def test_suspend_then_hibernate_is_a_suspend_with_the_configured_delay(kjumpd_service: InProcessDaemon,
+                                                                       system_bus: str, polkitd: Mock,
+                                                                       fake_hibernator: FakeHibernator) -> None:
+    """Issue 10.3: systemctl suspend-then-hibernate goes through kjumpd: restart point suspend with a wake alarm."""
+    polkitd.proxy.SetAllowed([HIBERNATE])
+    obj = proxy(system_bus)
+    with pytest.raises(GLib.Error) as excinfo:
+        obj.HibernateWithOptions("shutdown", {"sleep-operation": GLib.Variant("s", "suspend-then-hibernate")})
+    assert dbus_error(excinfo) == "org.kjump.Hibernate1.Error.InvalidOption"
+    obj.HibernateWithOptions("", {"sleep-operation": GLib.Variant("s", "suspend-then-hibernate")})
+    wait_for(lambda: last_result_ended(obj), "the hibernation to end")
+    assert fake_hibernator.calls == [("hibernate", "suspend", False, kjumpd_service.config.hibernate_delay)]

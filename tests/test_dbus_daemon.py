@@ -44,9 +44,9 @@ def kjumpctl(*args: str) -> subprocess.CompletedProcess:
 class Daemon:
     """A kjumpd process and a way to stop it."""
 
-    def __init__(self, config: Path, address: str, env: dict | None = None) -> None:
+    def __init__(self, config: Path, address: str, env: dict | None = None, extra: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kjumpd.daemon", "--config", str(config), "--bus-address", address],
+            [sys.executable, "-m", "kjumpd.daemon", "--config", str(config), "--bus-address", address, *(extra or [])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         bus = connect(address)
         wait_for(lambda: bus.dbus.NameHasOwner(NAME) or self.process.poll() is not None, "kjumpd on the bus")
@@ -205,3 +205,26 @@ def test_start_thaws_what_a_dead_daemon_left_frozen(tmp_path: Path, machine: Sim
         assert [e["mount"] for e in machine.events() if e["event"] == "thaw"] == list(reversed(frozen))
     finally:
         daemon.stop()
+
+
+def test_logind_and_the_sleep_services_learn_kjumpds_readiness(tmp_path: Path, machine: SimulatedMachine,
+                                                                system_bus: str, polkitd: Mock, logind: Mock) -> None:
+    """Issue 10.3: the process keeps the sleep.conf drop-in and the ready marker, and removes them when it stops."""
+    config = write_config(tmp_path / "etc", machine)
+    dropin, ready = tmp_path / "50-kjumpd.conf", tmp_path / "ready"
+    daemon = Daemon(config, system_bus, extra=["--sleep-conf", str(dropin), "--ready-file", str(ready)])
+    try:
+        obj = connect(system_bus).get(NAME, PATH)
+        assert obj.Problems == []
+        wait_for(ready.exists, "the ready marker")
+        assert "AllowHibernation=no" not in dropin.read_text()
+        with (config / "kjumpd.conf").open("a") as conf:
+            conf.write("[HibernateKernel]\nKernel=/nonexistent/bzImage\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: not ready.exists(), "the ready marker to go")
+        text = dropin.read_text()
+        assert "AllowHibernation=no" in text and "AllowSuspendThenHibernate=no" in text
+        assert "/nonexistent/bzImage" in text
+    finally:
+        daemon.stop()
+    assert not dropin.exists() and not ready.exists()

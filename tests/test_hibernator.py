@@ -173,3 +173,27 @@ def test_a_target_that_is_not_kjumpds_is_a_problem_and_left_alone(machine: Simul
     with pytest.raises(RefusedError, match="not kjumpd's"):
         h.hibernate("shutdown")
     assert foreign.read_bytes() == before
+
+
+def test_user_space_stops_before_the_file_systems_freeze(machine: SimulatedMachine) -> None:
+    """Issue 10.4: for suspend (and platform) the cgroup freezer stops user space first, FIFREEZE second;
+    thawed in the reverse order, and nothing is left frozen."""
+    result = Hibernator(machine, settings(machine)).hibernate("suspend")
+    assert result.success, result.reason
+    log = [e["event"] for e in machine.events() if e["event"] in
+           ("freeze-user-space", "freeze", "jump", "thaw", "thaw-user-space")]
+    assert log[0] == "freeze-user-space" and log[-1] == "thaw-user-space"
+    assert log.index("freeze") < log.index("jump") < log.index("thaw")
+    assert machine.frozen_units() == [] and machine.frozen_filesystems() == []
+
+
+def test_resume_leaves_user_space_to_the_kernel(machine: SimulatedMachine) -> None:
+    assert Hibernator(machine, settings(machine)).hibernate("resume").success
+    assert "freeze-user-space" not in [e["event"] for e in machine.events()]
+
+
+def test_units_a_crash_left_frozen_are_thawed(machine: SimulatedMachine) -> None:
+    units = machine.freeze_user_space()
+    assert units and machine.frozen_units() == units
+    assert Hibernator(machine, settings(machine)).thaw_left_frozen() == units
+    assert machine.frozen_units() == []

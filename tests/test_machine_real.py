@@ -304,3 +304,69 @@ def test_hidden_kernel_addresses_are_a_problem_under_kaslr(root: Path) -> None:
     kallsyms.write_text("0000000000000000 T startup_64\n0000000000000000 T _stext\n")
     (root / "proc/cmdline").write_text("root=LABEL=kjroot ro nokaslr\n")
     assert machine(root, Recorder()).kernel_problems() == []
+
+
+# --- user space: the cgroup v2 freezer through systemctl ------------------------------------------------
+
+
+def cgroup_tree(root: Path) -> Path:
+    cgroup = root / "sys/fs/cgroup"
+    (cgroup / "cgroup.controllers").parent.mkdir(parents=True, exist_ok=True)
+    (cgroup / "cgroup.controllers").write_text("cpu memory pids\n")
+    for unit in ("user.slice", "system.slice/cron.service", "system.slice/dbus.service",
+                 "system.slice/kjumpd.service", "system.slice/systemd-journald.service",
+                 "system.slice/system-getty.slice", "system.slice/postgresql.service"):
+        (cgroup / unit).mkdir(parents=True, exist_ok=True)
+        (cgroup / unit / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    (root / "proc/self/cgroup").write_text("0::/system.slice/kjumpd.service\n")
+    return cgroup
+
+
+class Systemctl(Recorder):
+    """systemctl freeze/thaw writing the cgroup's state as systemd would; ``stuck`` units never freeze."""
+
+    def __init__(self, cgroup: Path, stuck: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.cgroup, self.stuck = cgroup, stuck
+
+    def runner(self, argv):
+        self.calls.append(("run", list(argv)))
+        verb, units = argv[1], argv[3:]
+        for unit in units:
+            path = self.cgroup / (unit if unit == "user.slice" else f"system.slice/{unit}")
+            if unit not in self.stuck:
+                (path / "cgroup.events").write_text(f"populated 1\nfrozen {1 if verb == 'freeze' else 0}\n")
+        return subprocess.CompletedProcess(argv, 1 if self.stuck else 0, "", "Failed to freeze" if self.stuck else "")
+
+
+def test_user_space_is_frozen_but_what_the_jump_needs(root: Path) -> None:
+    """Issue 10.4: user.slice and system.slice's units, except logging, the bus and kjumpd itself."""
+    cgroup = cgroup_tree(root)
+    rec = Systemctl(cgroup)
+    m = machine(root, rec)
+    units = m.freeze_user_space()
+    assert units == ["user.slice", "cron.service", "postgresql.service", "system-getty.slice"]
+    assert rec.calls == [("run", ["systemctl", "freeze", "--", *units])]
+    assert m.thaw_user_space(units) == []
+    assert rec.calls[-1] == ("run", ["systemctl", "thaw", "--", *reversed(units)])
+
+
+def test_a_unit_that_does_not_freeze_is_left_running_not_fatal(root: Path) -> None:
+    cgroup = cgroup_tree(root)
+    m = machine(root, Systemctl(cgroup, stuck=("postgresql.service",)))
+    assert m.freeze_user_space() == ["user.slice", "cron.service", "system-getty.slice"]
+
+
+def test_units_left_frozen_are_thawed_at_start(root: Path) -> None:
+    cgroup = cgroup_tree(root)
+    (cgroup / "user.slice/cgroup.events").write_text("populated 1\nfrozen 1\n")
+    rec = Systemctl(cgroup)
+    thawed = machine(root, rec).thaw_left_frozen()
+    assert "user.slice" in thawed
+    assert ("run", ["systemctl", "thaw", "--", "user.slice"]) in rec.calls
+
+
+def test_no_unified_cgroup_hierarchy_no_freezer(root: Path) -> None:
+    rec = Recorder()
+    assert machine(root, rec).freeze_user_space() == []
+    assert rec.calls == []

@@ -19,12 +19,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "units"
 HOOKS = UNITS / "kjumpd-sleep-hooks"
+RUNNER = UNITS / "kjumpd-sleep"
 HOST_UNIT_DIR = Path("/usr/lib/systemd/system")
 # Our files and where the packaging installs them.
-OURS = {"/usr/bin/kjumpd": None, "/usr/bin/kjumpctl": None, "/usr/lib/kjumpd/kjumpd-sleep-hooks": HOOKS}
-UNIT_NAMES = ["kjumpd.service", "kjumpd-prepare.service", "systemd-hibernate.service",
-              "systemd-hybrid-sleep.service", "systemd-logind.service"]
-DROPIN_DIRS = ["systemd-hibernate.service.d", "systemd-hybrid-sleep.service.d", "systemd-logind.service.d"]
+OURS = {"/usr/bin/kjumpd": None, "/usr/bin/kjumpctl": None, "/usr/lib/kjumpd/kjumpd-sleep-hooks": HOOKS,
+        "/usr/lib/kjumpd/kjumpd-sleep": RUNNER}
+SLEEP_OPERATIONS = ["hibernate", "hybrid-sleep", "suspend-then-hibernate"]
+UNIT_NAMES = ["kjumpd.service", "kjumpd-prepare.service", *(f"systemd-{op}.service" for op in SLEEP_OPERATIONS),
+              "systemd-logind.service"]
+DROPIN_DIRS = [*(f"systemd-{op}.service.d" for op in SLEEP_OPERATIONS), "systemd-logind.service.d"]
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 
@@ -98,23 +101,37 @@ def test_every_command_exists_on_a_real_system(root: Path) -> None:
             assert command in OURS or os.path.exists(command), f"{path.name} runs {command}, which does not exist"
 
 
-@pytest.mark.parametrize("operation", ["hibernate", "hybrid-sleep"])
-def test_sleep_dropins_replace_systemd_sleep_with_kjumpctl(operation: str) -> None:
+@pytest.mark.parametrize("operation", SLEEP_OPERATIONS)
+def test_sleep_dropins_hand_the_operation_to_the_runner(operation: str) -> None:
     text = (UNITS / f"systemd-{operation}.service.d" / "50-kjumpd.conf").read_text()
     exec_start = [line for line in text.splitlines() if line.startswith("ExecStart=")]
-    assert exec_start[0] == "ExecStart="  # systemd-sleep's command is removed first
-    assert exec_start[1:] == [f"ExecStart=/usr/bin/kjumpctl hibernate --wait --no-ask-password "
-                              f"--sleep-operation={operation}"]
-    assert f"ExecStartPre=/usr/lib/kjumpd/kjumpd-sleep-hooks pre {operation}" in text
-    assert f"ExecStopPost=/usr/lib/kjumpd/kjumpd-sleep-hooks post {operation}" in text
-    assert "Requires=kjumpd.service" in text
+    assert exec_start == ["ExecStart=", f"ExecStart=/usr/lib/kjumpd/kjumpd-sleep {operation}"]
+    # kjumpd not running must not make the sleep service fail: it falls back to systemd-sleep
+    assert "Wants=kjumpd.service" in text.splitlines() and "Requires=" not in text
 
 
-def test_prepare_unit_is_pulled_in_by_sleep_target() -> None:
-    text = (UNITS / "kjumpd-prepare.service").read_text()
-    for line in ("Before=sleep.target", "WantedBy=sleep.target", "Type=oneshot", "TimeoutStartSec=infinity",
-                 "ExecStart=/usr/bin/kjumpctl prepare --no-ask-password"):
-        assert line in text.splitlines()
+def enabled_links(root: Path, tmp_path: Path) -> set[str]:
+    """The .wants links ``systemctl enable`` makes for kjumpd-prepare.service (offline, in a copy of ``root``)."""
+    copy = tmp_path / "enable-root"
+    shutil.copytree(root, copy, symlinks=True)
+    result = subprocess.run(["systemctl", f"--root={copy}", "enable", "kjumpd-prepare.service"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return {os.path.basename(d) for d, _dirs, files in os.walk(copy / "etc/systemd/system")
+            if "kjumpd-prepare.service" in files}
+
+
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="systemctl is not installed")
+def test_only_hibernating_targets_wait_for_prepare_and_only_for_a_while(root: Path, tmp_path: Path) -> None:
+    """Issue 10.3: a hung kjumpd must not block a plain suspend or lid close."""
+    assert enabled_links(root, tmp_path) == {"hibernate.target.wants", "hybrid-sleep.target.wants",
+                                             "suspend-then-hibernate.target.wants"}
+    lines = (UNITS / "kjumpd-prepare.service").read_text().splitlines()
+    before = next(line for line in lines if line.startswith("Before=")).split("=", 1)[1].split()
+    assert sorted(before) == sorted(f"systemd-{op}.service" for op in SLEEP_OPERATIONS)
+    timeout = next(line for line in lines if line.startswith("TimeoutStartSec=")).split("=", 1)[1]
+    assert timeout not in ("infinity", "0"), "staging must not hold the sleep for ever"
+    assert "ConditionPathExists=/run/kjumpd/ready" in lines
 
 
 def test_logind_dropin_bypasses_the_swap_check() -> None:
@@ -187,6 +204,67 @@ i=0; while [ ! -e {log}/{other}.started ] && [ $i -lt 200 ]; do sleep 0.05; i=$(
 """)
     assert run_hooks([tmp_path / "hooks"], "post", "hybrid-sleep").returncode == 0
     assert (log / "a.saw-b").exists() and (log / "b.saw-a").exists()
+
+
+def test_a_hung_hook_is_killed(tmp_path: Path) -> None:
+    """Issue 10.3: like systemd-sleep, the runner waits for a hook only for a while."""
+    log = tmp_path / "log"
+    log.mkdir()
+    make_hook(tmp_path / "hooks", "10-hangs", "exec sleep 600\n")
+    make_hook(tmp_path / "hooks", "20-quick", f"touch {log}/quick\n")
+    env = dict(os.environ, KJUMPD_SLEEP_HOOK_DIRS=str(tmp_path / "hooks"), KJUMPD_SLEEP_HOOK_TIMEOUT="1")
+    result = subprocess.run([str(HOOKS), "pre", "hibernate"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0
+    assert "hook 10-hangs (pre hibernate) failed" in result.stderr
+    assert (log / "quick").exists()
+
+
+# --- the sleep services' command ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def runner_env(tmp_path: Path) -> dict[str, str]:
+    """Stand-ins for systemd-sleep, kjumpctl and the hook runner that log their arguments to ``calls``."""
+    calls = tmp_path / "calls"
+    env = dict(os.environ, KJUMPD_READY_FILE=str(tmp_path / "ready"))
+    for variable, name, status in (("KJUMPD_SYSTEMD_SLEEP", "systemd-sleep", 0), ("KJUMPD_KJUMPCTL", "kjumpctl", 7),
+                                   ("KJUMPD_SLEEP_HOOKS", "hooks", 0)):
+        path = tmp_path / name
+        path.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexit {status}\n')
+        path.chmod(0o755)
+        env[variable] = str(path)
+    return env
+
+
+def run_runner(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    result = subprocess.run([str(RUNNER), *args], capture_output=True, text=True, env=env, timeout=60)
+    calls = Path(env["KJUMPD_READY_FILE"]).parent / "calls"
+    return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.parametrize("operation", SLEEP_OPERATIONS)
+def test_runner_hands_the_operation_to_kjumpd_when_it_is_in_charge(runner_env: dict[str, str],
+                                                                   operation: str) -> None:
+    Path(runner_env["KJUMPD_READY_FILE"]).write_text("kjumpd is ready\n")
+    result, calls = run_runner(runner_env, operation)
+    assert calls == [f"hooks pre {operation}",
+                     f"kjumpctl hibernate --wait --no-ask-password --sleep-operation={operation}",
+                     f"hooks post {operation}"]
+    assert result.returncode == 7, "kjumpctl's failure is the service's failure"
+
+
+@pytest.mark.parametrize("operation", SLEEP_OPERATIONS)
+def test_runner_falls_back_to_systemd_sleep(runner_env: dict[str, str], operation: str) -> None:
+    """Issue 10.3: kjumpd not in charge (stopped, or not able to hibernate): systemd's own behaviour."""
+    result, calls = run_runner(runner_env, operation)
+    assert calls == [f"systemd-sleep {operation}"]
+    assert result.returncode == 0 and "kjumpd is not in charge" in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["suspend"], ["hibernate", "now"]])
+def test_runner_usage(runner_env: dict[str, str], args: list[str]) -> None:
+    result, calls = run_runner(runner_env, *args)
+    assert result.returncode == 2 and "usage" in result.stderr and calls == []
 
 
 @pytest.mark.parametrize("args", [[], ["pre"], ["during", "hibernate"], ["pre", "hibernate", "extra"]])

@@ -265,8 +265,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     hibernate.add_argument("--restart-point", default="", metavar="POINT",
                            help="what to do after the image is saved (resume, suspend, platform, shutdown, reboot); "
                                 "default: the configured one for the sleep operation")
-    hibernate.add_argument("--sleep-operation", default="hibernate", choices=["hibernate", "hybrid-sleep"],
-                           help="whose configured restart point is the default (default: %(default)s)")
+    hibernate.add_argument("--sleep-operation", default="hibernate",
+                           choices=["hibernate", "hybrid-sleep", "suspend-then-hibernate"],
+                           help="whose configured restart point is the default; suspend-then-hibernate suspends "
+                                "with a wake alarm after the save (default: %(default)s)")
     hibernate.add_argument("--force", action="store_true",
                            help="hibernate even with writable file systems mounted from removable disks")
     hibernate.add_argument("--wait", action="store_true",

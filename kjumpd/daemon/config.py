@@ -53,6 +53,7 @@ class Config:
     kernel_arguments: str = ""
     hibernate_restart_point: str = "shutdown"
     hybrid_sleep_restart_point: str = "suspend"
+    hibernate_delay: int = 2 * 3600        # seconds asleep before suspend-then-hibernate powers off
     sources: tuple[str, ...] = ()
 
     def restart_point_for(self, operation: str) -> str:
@@ -61,7 +62,10 @@ class Config:
             return self.hibernate_restart_point
         if operation == "hybrid-sleep":
             return self.hybrid_sleep_restart_point
-        raise ConfigError(f"unknown sleep operation {operation!r}: expected 'hibernate' or 'hybrid-sleep'")
+        if operation == "suspend-then-hibernate":
+            return "suspend"       # the image is saved, then S3 with an alarm (Manager.hibernate)
+        raise ConfigError(f"unknown sleep operation {operation!r}: "
+                          "expected 'hibernate', 'hybrid-sleep' or 'suspend-then-hibernate'")
 
 
 def parse_size(text: str) -> int:
@@ -93,6 +97,22 @@ def _region_size(text: str) -> int:
     return size
 
 
+_TIMESPAN_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+_TIMESPAN_RE = re.compile(r"([0-9]+)\s*([a-z]*)")
+
+
+def _timespan(text: str) -> int:
+    """A positive number of seconds in systemd's notation: ``7200``, ``90min``, ``2h 30min``."""
+    text_ = text.strip().lower()
+    parts = _TIMESPAN_RE.findall(text_)
+    if not parts or _TIMESPAN_RE.sub("", text_).strip() or any(u not in _TIMESPAN_UNITS for _, u in parts):
+        raise ValueError(f"{text!r} is not a time span (seconds, or with s, min, h, d)")
+    seconds = sum(int(n) * _TIMESPAN_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than 0 s")
+    return seconds
+
+
 def _text(text: str) -> str:
     return text
 
@@ -110,6 +130,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Callable[[str], object]]] = {
     ("HibernateKernel", "KernelArguments"): ("kernel_arguments", _text),
     ("Sleep", "HibernateRestartPoint"): ("hibernate_restart_point", _choice(tuple(RESTART_POINTS))),
     ("Sleep", "HybridSleepRestartPoint"): ("hybrid_sleep_restart_point", _choice(tuple(RESTART_POINTS))),
+    ("Sleep", "HibernateDelaySec"): ("hibernate_delay", _timespan),
 }
 
 

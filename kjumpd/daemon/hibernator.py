@@ -112,8 +112,9 @@ class HibernateResult:
 
 
 # Restart points after which A runs again before the machine sleeps (it enters
-# S3 or S4 itself): its filesystems are frozen (FIFREEZE) across the jump so
-# nothing written in that window makes the disks newer than the image. For
+# S3 or S4 itself): its user space is stopped (the cgroup freezer) and its
+# filesystems are frozen (FIFREEZE) across the jump so nothing written in that
+# window makes the disks newer than the image. For
 # the others a sync is enough: inside the jump the kernel freezes every task
 # and suspends the disks, as swsusp does, and A runs again only after the
 # image was discarded (resume) or restored (shutdown, reboot). Freezing them
@@ -151,6 +152,7 @@ class Hibernator:
         self.participants = tuple(participants)
         self._staged: LoadSpec | None = None
         self._lock = threading.Lock()
+        self._wake_after: float | None = None    # this hibernation's suspend-then-hibernate delay
 
     # --- planning ---------------------------------------------------------
 
@@ -234,6 +236,10 @@ class Hibernator:
         """At daemon start: thaw the file systems a daemon that died mid-hibernation left frozen."""
         return self.machine.thaw_left_frozen()
 
+    def fallback_problems(self) -> list[str]:
+        """Why the kernel's own hibernation could not stand in for kjumpd here; [] when it looks usable."""
+        return self.machine.swsusp_problems()
+
     def discard_stale_image(self) -> str:
         """At daemon start: discard an image no boot may resume any more; returns the reason ("": none).
 
@@ -291,18 +297,25 @@ class Hibernator:
     # --- hibernation ------------------------------------------------------
 
     def hibernate(self, restart_point: str, *, force: bool = False, progress: Progress | None = None,
-                  cancel: Cancellation | threading.Event | None = None) -> HibernateResult:
+                  cancel: Cancellation | threading.Event | None = None,
+                  wake_after: float | None = None) -> HibernateResult:
         """Hibernate with ``restart_point``; blocks until A runs again.
 
         RefusedError (nothing touched) when it cannot be done now; otherwise
         a HibernateResult, also for a failed save (A carries on). ``cancel``
         is looked at before each step up to the point of no return (just
         before freezing); a :class:`Cancellation` then refuses later requests.
+        ``wake_after`` (seconds, restart point ``suspend`` only) makes it
+        suspend-then-hibernate: an alarm ends the suspend after that long, and
+        A then powers off, leaving the saved image to be resumed.
         """
         if restart_point not in RESTART_POINTS:
             raise RefusedError(f"unknown restart point {restart_point!r}; expected one of {', '.join(RESTART_POINTS)}")
+        if wake_after is not None and (restart_point != "suspend" or wake_after <= 0):
+            raise RefusedError("a wake alarm needs restart point suspend and a positive delay")
         if not self._lock.acquire(blocking=False):
             raise RefusedError("a hibernation or staging is already in progress")
+        self._wake_after = wake_after
         try:
             return self._hibernate(restart_point, force, progress or (lambda phase, fraction: None), cancel)
         finally:
@@ -364,13 +377,18 @@ class Hibernator:
               outcome: Callable[..., HibernateResult], durations: dict[str, float]) -> HibernateResult:
         """Freeze, jump, dispatch the restart point, thaw; the part nothing may interrupt."""
         progress("freezing", 0.5)
+        units: list[str] = []
         try:
             if restart_point in FREEZE_FILESYSTEMS_FOR:
+                # user space first: a process blocked writing to a frozen file
+                # system is one the kernel's task freezer cannot stop
+                units = self.machine.freeze_user_space()
                 frozen = self.machine.freeze_filesystems()
             else:
                 self.machine.sync_filesystems()
                 frozen = []
         except MachineError as exc:
+            self.machine.thaw_user_space(units)
             return outcome(False, OUTCOME_FAILED, str(exc))
         details: dict[str, object] = {}
         ready: list[JumpParticipant] = []
@@ -403,7 +421,7 @@ class Hibernator:
                     superblock, resumed, failure, result = self._after_jump(target, sequence, said)
         finally:  # whatever happened after the freeze, nothing stays frozen or unbound
             if not lost:
-                thaw_problems = self.machine.thaw_filesystems(frozen)
+                thaw_problems = self.machine.thaw_filesystems(frozen) + self.machine.thaw_user_space(units)
                 if thaw_problems:
                     details["thaw-problems"] = thaw_problems
                 for participant in reversed(ready):
@@ -476,15 +494,26 @@ class Hibernator:
                                        "A discarded it"), ""
         if point == "suspend":
             try:
-                self.machine.suspend_to_ram()
+                by_alarm = self.machine.suspend_to_ram(self._wake_after)
             except MachineError as exc:
                 image.discard(target, f"suspend failed: {exc}")
                 return superblock, False, str(exc), ""
             after = self._read(target)
             if after.state == State.RESTORED and after.sequence == sequence:
                 return after, True, "", OUTCOME_RESUMED   # the power went while asleep
-            image.discard(target, "woke from suspend to RAM")
-            return superblock, False, "", OUTCOME_WOKE
+            if not by_alarm:
+                image.discard(target, "woke from suspend to RAM")
+                return superblock, False, "", OUTCOME_WOKE
+            # suspend-then-hibernate: the delay ran out asleep. The image has
+            # been on disk since before the sleep and A's file systems are
+            # still frozen: powering off now is the hibernation.
+            log.info("suspend-then-hibernate: %s s asleep, powering off (the image is on disk)", self._wake_after)
+            try:
+                self.machine.power_off()
+            except MachineError as exc:
+                image.discard(target, f"power off after the suspend failed: {exc}")
+                return superblock, False, f"power off after the suspend failed: {exc}", ""
+            return self._after_power(target, sequence, "suspend-then-hibernate")
         try:
             self.machine.hibernate_platform()
         except MachineError as exc:
@@ -494,11 +523,15 @@ class Hibernator:
             except MachineError as exc2:
                 image.discard(target, f"power off failed: {exc2}")
                 return superblock, False, f"{exc}; power off failed too: {exc2}", ""
+        return self._after_power(target, sequence, point)
+
+    def _after_power(self, target: ImageTarget, sequence: int, what: str) -> tuple[Superblock, bool, str, str]:
+        """A runs again after it switched the machine off (``what``): resumed from the image, or not."""
         # A real machine only gets here through kexec_execute() after the
         # resume; the simulated one returns from the power call instead.
         after = self._read(target)
         if after.state == State.RESTORED and after.sequence == sequence:
             return after, True, "", OUTCOME_RESUMED
         if after.state == State.SAVED:
-            image.discard(target, f"A runs again after {point} without a resume")
-        return after, False, f"A runs again after {point} but the image was not restored (state {after.state.name})", ""
+            image.discard(target, f"A runs again after {what} without a resume")
+        return after, False, f"A runs again after {what} but the image was not restored (state {after.state.name})", ""

@@ -18,6 +18,7 @@ from typing import Any
 from .. import __version__
 from ..errors import KjumpError, TooLate
 from . import config as configmod
+from . import readiness
 from .config import Config, ConfigError
 from .manager import HIBERNATING, HibernatorLike, Manager, Schedule, TrackerParticipant
 
@@ -75,6 +76,23 @@ def make_manager(config: Config, schedule: Schedule) -> Manager:
     return manager
 
 
+def tell_systemd(manager: Manager, args: argparse.Namespace) -> readiness.Readiness | None:
+    """Keep logind's sleep.conf drop-in and the sleep services' marker from now on (kjumpd.daemon.readiness).
+
+    On the system bus by default; a daemon on another bus (tests, the demo)
+    is not the system's kjumpd and writes them only where it is told to.
+    """
+    system = args.bus_address is None
+    dropin = args.sleep_conf or (readiness.SLEEP_CONF_DROPIN if system else None)
+    ready = args.ready_file or (readiness.READY_FILE if system else None)
+    if dropin is None and ready is None:
+        return None
+    told = readiness.Readiness(manager, manager.hibernator.fallback_problems, dropin=dropin, ready=ready)
+    manager.observers.append(told)
+    told.update()
+    return told
+
+
 def notify(message: str) -> None:
     """sd_notify, quiet when not started by systemd (a missing socket is not an error here)."""
     try:
@@ -91,6 +109,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="configuration directory holding kjumpd.conf and kjumpd.conf.d/ (default %(default)s)")
     parser.add_argument("--bus-address", metavar="ADDRESS",
                         help="serve on this D-Bus address instead of the system bus")
+    parser.add_argument("--ready-file", metavar="PATH", type=Path,
+                        help=f"the marker the sleep services look for (default {readiness.READY_FILE} on the "
+                             "system bus, none with --bus-address)")
+    parser.add_argument("--sleep-conf", metavar="PATH", type=Path,
+                        help=f"logind's sleep.conf drop-in (default {readiness.SLEEP_CONF_DROPIN} on the system bus, "
+                             "none with --bus-address)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--version", action="version", version=f"kjumpd {__version__}")
@@ -136,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except dbus_service.BusError as exc:
         log.error("%s", exc)
         return 1
+    told = tell_systemd(manager, args)      # after owning the name (a second kjumpd must not touch them),
+                                            # before READY=1 (Type=notify: the sleep services start after)
 
     def on_term() -> bool:
         notify("STOPPING=1")
@@ -164,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("kjumpd %s serving org.kjump.Hibernate1 (%s)", __version__, args.bus_address or "system bus")
     loop.run()
     service.stop()
+    if told is not None:
+        told.stop()
     if manager.tracker is not None:
         manager.tracker.stop()
     log.info("kjumpd stopped")

@@ -29,7 +29,7 @@ from .hibernator import Cancellation
 log = logging.getLogger("kjumpd")
 
 IDLE, PREPARING, HIBERNATING = "idle", "preparing", "hibernating"
-SLEEP_OPERATIONS = ("hibernate", "hybrid-sleep")
+SLEEP_OPERATIONS = ("hibernate", "hybrid-sleep", "suspend-then-hibernate")
 OPTIONS = {"force": bool, "sleep-operation": str}
 
 
@@ -44,8 +44,9 @@ class HibernatorLike(Protocol):
     def estimated_image_size(self) -> int: ...
     def discard_stale_image(self) -> str: ...
     def hibernate(self, restart_point: str, *, force: bool = False, progress: Any = None,
-                  cancel: Any = None) -> Any: ...
+                  cancel: Any = None, wake_after: float | None = None) -> Any: ...
     def thaw_left_frozen(self) -> list[str]: ...
+    def fallback_problems(self) -> list[str]: ...
 
 
 class Observer(Protocol):
@@ -182,6 +183,9 @@ class Manager:
             raise InvalidOption(f"sleep-operation must be one of {', '.join(SLEEP_OPERATIONS)}, not {operation!r}")
         if restart_point == "":
             return self.config.restart_point_for(operation)
+        if operation == "suspend-then-hibernate" and restart_point != "suspend":
+            raise InvalidOption(f"suspend-then-hibernate saves the image, then suspends: restart point "
+                                f"{restart_point!r} is not possible with it (give '' or 'suspend')")
         if restart_point not in RESTART_POINTS:
             raise InvalidRestartPoint(
                 f"unknown restart point {restart_point!r}; supported: {', '.join(RESTART_POINTS)}")
@@ -208,8 +212,10 @@ class Manager:
         """
         options = dict(options or {})
         self.check_options(options)
-        point = self.resolve_restart_point(restart_point, options.get("sleep-operation", "hibernate"))
+        operation = options.get("sleep-operation", "hibernate")
+        point = self.resolve_restart_point(restart_point, operation)
         force = options.get("force", False)
+        wake_after = self.config.hibernate_delay if operation == "suspend-then-hibernate" else None
         if self._work is not None:
             raise Busy(f"kjumpd is busy ({self._props['State']})")
         problems = list(self.hibernator.problems(force=force))
@@ -220,7 +226,7 @@ class Manager:
                  extra={"KJUMP_RESTART_POINT": point})
         work = self._start(HIBERNATING)
         self._run(work, lambda: self.hibernator.hibernate(
-            point, force=force, progress=self._progress_from_worker, cancel=work.cancel),
+            point, force=force, progress=self._progress_from_worker, cancel=work.cancel, wake_after=wake_after),
             lambda outcome: self._hibernate_done(point, outcome))
         return point
 

@@ -153,8 +153,13 @@ class Machine(ABC):
         """Reboot at once."""
 
     @abstractmethod
-    def suspend_to_ram(self) -> None:
-        """Enter S3 (``mem``); returns after the wake-up."""
+    def suspend_to_ram(self, alarm: float | None = None) -> bool:
+        """Enter S3 (``mem``); returns after the wake-up.
+
+        With ``alarm`` (seconds) the real-time clock wakes the machine after
+        that long at the latest (suspend-then-hibernate). Returns True when
+        the alarm ended the sleep, False when something else woke it first.
+        """
 
     @abstractmethod
     def hibernate_platform(self) -> None:
@@ -181,6 +186,14 @@ class Machine(ABC):
 
     # --- filesystems ------------------------------------------------------
 
+    def swsusp_problems(self) -> list[str]:
+        """Why the kernel's own hibernation (swsusp, systemd-sleep) cannot work here; [] when it looks usable.
+
+        kjumpd tells logind to offer hibernation while it is not ready itself
+        only when the sleep services' fall-back to systemd-sleep can work.
+        """
+        return ["the kernel's own hibernation is not available on this machine"]
+
     def kernel_problems(self) -> list[str]:
         """What the running kernel lacks for a kexec-jump hibernation; [] when nothing is known to be missing."""
         return []
@@ -201,12 +214,27 @@ class Machine(ABC):
         """FITHAW ``mounts`` in reverse order; returns error messages (never raises)."""
 
     @abstractmethod
+    def freeze_user_space(self) -> list[str]:
+        """Stop user space with the cgroup v2 freezer, except what the jump needs; returns the units frozen.
+
+        Best effort: a unit that cannot be frozen keeps running (the kernel's
+        own task freezer still stops it at the jump) and is logged; nothing
+        raises. Done before FIFREEZE, so that no process blocks writing to a
+        frozen file system, where the kernel's task freezer could not stop it.
+        """
+
+    @abstractmethod
+    def thaw_user_space(self, units: Sequence[str]) -> list[str]:
+        """Thaw ``units`` in reverse order; returns error messages (never raises)."""
+
+    @abstractmethod
     def thaw_left_frozen(self) -> list[str]:
-        """Thaw every file system a crashed daemon left frozen; returns the mount points thawed (never raises).
+        """Thaw every file system and unit a crashed daemon left frozen; returns what it thawed (never raises).
 
         Called when the daemon starts: Linux cannot say which file systems
         are frozen, so the real machine tries FITHAW on every freeze
-        candidate, which a file system that is not frozen refuses (EINVAL).
+        candidate, which a file system that is not frozen refuses (EINVAL);
+        units frozen by the cgroup freezer say so in their ``cgroup.events``.
         """
 
     # --- console ----------------------------------------------------------

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
 
 from .. import kexec
@@ -57,6 +58,18 @@ FITHAW = _ioc(_IOC_READ | _IOC_WRITE, "X", 120, 4)
 # Where stable names for block devices live, most stable first: only the
 # kinds the hibernate kernel, which has no udev, can find again with blkid
 # (resolve_target); by-id and by-path links exist only where udev runs.
+WAKEALARM = "/sys/class/rtc/rtc0/wakealarm"
+
+CGROUP = "/sys/fs/cgroup"
+# Frozen whole: every user's processes, containers and VMs.
+FREEZE_SLICES = ("user.slice", "machine.slice")
+# What the jump needs keeps running in system.slice (every other unit there is
+# frozen): logging, the bus (kjumpd's signals, kjumpctl waiting), logind (it
+# holds the sleep operation), udev (device events around the jump). kjumpd's
+# own unit is never frozen either.
+KEEP_RUNNING = frozenset({"systemd-journald.service", "dbus.service", "dbus-broker.service",
+                          "systemd-logind.service", "systemd-udevd.service"})
+
 STABLE_LINK_DIRS = ("by-partuuid", "by-uuid")
 # Configured names that resolve_target finds without udev.
 RESOLVABLE_LINK_PREFIXES = ("/dev/disk/by-partuuid/", "/dev/disk/by-uuid/", "/dev/disk/by-partlabel/",
@@ -119,8 +132,9 @@ class RealMachine(Machine):
     def __init__(self, root: str = "/", *, runner: Runner = kexec.run_command,
                  jump_syscall: Syscall | None = None,
                  reboot_call: Callable[[int], int] = _libc_reboot,
-                 ioctl: Ioctl = fcntl.ioctl) -> None:
+                 ioctl: Ioctl = fcntl.ioctl, clock: Callable[[], float] = time.time) -> None:
         self.root = root
+        self._clock = clock       # the wall clock: it runs on while the machine sleeps
         self._runner = runner
         self._jump_syscall = jump_syscall
         self._reboot_call = reboot_call
@@ -254,16 +268,63 @@ class RealMachine(Machine):
         """``reboot(LINUX_REBOOT_CMD_RESTART)``."""
         self._reboot(LINUX_REBOOT_CMD_RESTART, "reboot")
 
-    def suspend_to_ram(self) -> None:
-        """Write ``mem`` to ``/sys/power/state``; returns after the wake-up."""
+    def suspend_to_ram(self, alarm: float | None = None) -> bool:
+        """Write ``mem`` to ``/sys/power/state``; returns after the wake-up.
+
+        The alarm is the RTC's (``/sys/class/rtc/rtc0/wakealarm``, ``+SECONDS``);
+        the wall clock (which runs on in S3, unlike the monotonic one) says
+        afterwards whether its time had come, as systemd-sleep decides it.
+        """
         states = self._read("/sys/power/state").split()
         if "mem" not in states:
             raise MachineError(f"this machine cannot suspend to RAM (/sys/power/state offers: {' '.join(states)})")
+        due = None
+        if alarm is not None:
+            self._write_wakealarm("0")          # the RTC refuses a new alarm while one is set
+            self._write_wakealarm(f"+{max(1, int(alarm))}")
+            due = self._clock() + max(1, int(alarm))
         try:
             with open(self._path("/sys/power/state"), "w", encoding="ascii") as handle:
                 handle.write("mem")
         except OSError as exc:
             raise MachineError(f"suspend to RAM failed: {exc.strerror}") from exc
+        finally:
+            if due is not None:
+                self._write_wakealarm("0", quiet=True)
+        return due is not None and self._clock() >= due - 1
+
+    def _write_wakealarm(self, value: str, *, quiet: bool = False) -> None:
+        try:
+            with open(self._path(WAKEALARM), "w", encoding="ascii") as handle:
+                handle.write(value)
+        except OSError as exc:
+            if quiet:
+                log.warning("cannot clear the RTC wake alarm: %s", exc.strerror)
+                return
+            raise MachineError(f"cannot set the RTC wake alarm ({WAKEALARM}): {exc.strerror}") from exc
+
+    def swsusp_problems(self) -> list[str]:
+        """What logind itself (systemd 252, without kjumpd's memory-check bypass) would hold against swsusp.
+
+        ``disk`` in ``/sys/power/state``, a resume device (``/sys/power/resume``
+        not ``0:0``), and an active swap area with more free space than the
+        active anonymous memory (``Active(anon)`` of ``/proc/meminfo``).
+        """
+        try:
+            if "disk" not in self._read("/sys/power/state").split():
+                return ["the kernel cannot hibernate by itself (no 'disk' in /sys/power/state)"]
+            if self._read("/sys/power/resume").strip() in ("", "0:0"):
+                return ["the kernel's hibernation has no resume device (/sys/power/resume is 0:0)"]
+            meminfo = dict(line.split(":", 1) for line in self._read("/proc/meminfo").splitlines() if ":" in line)
+            active = int(meminfo["Active(anon)"].split()[0])
+            free_swap = max((int(f[2]) - int(f[3]) for f in (line.split() for line in
+                             self._read("/proc/swaps").splitlines()[1:]) if len(f) >= 4), default=0)
+        except (MachineError, KeyError, ValueError) as exc:
+            return [f"cannot tell whether the kernel's hibernation works: {exc}"]
+        if free_swap < active:
+            return [f"no swap area with room for the kernel's hibernation ({free_swap} KiB free, "
+                    f"{active} KiB of active memory)"]
+        return []
 
     def hibernate_platform(self) -> None:
         """S4 through ``/dev/snapshot``: FREEZE, PLATFORM_SUPPORT 1, POWER_OFF.
@@ -444,8 +505,80 @@ class RealMachine(Machine):
             frozen.append(mount_point)
         return frozen
 
+    # --- user space (the cgroup v2 freezer, through systemd) -----------------
+
+    def _own_cgroup(self) -> list[str]:
+        """The cgroup path components of this process (``system.slice``, ``kjumpd.service``)."""
+        try:
+            text = self._read("/proc/self/cgroup")
+        except MachineError:
+            return []
+        for line in text.splitlines():
+            if line.startswith("0::"):
+                return [part for part in line[3:].strip().split("/") if part]
+        return []
+
+    def _frozen(self, unit_path: str) -> bool:
+        try:
+            return "frozen 1" in self._read(f"{CGROUP}/{unit_path}/cgroup.events").splitlines()
+        except MachineError:
+            return False
+
+    def user_space_units(self) -> list[str]:
+        """The units ``freeze_user_space`` freezes: FREEZE_SLICES and system.slice's units but KEEP_RUNNING and ours."""
+        if not os.path.exists(self._path(f"{CGROUP}/cgroup.controllers")):
+            return []           # no unified cgroup hierarchy: no freezer to ask
+        own = set(self._own_cgroup())
+        units = [s for s in FREEZE_SLICES if os.path.isdir(self._path(f"{CGROUP}/{s}"))]
+        system = self._path(f"{CGROUP}/system.slice")
+        if os.path.isdir(system):
+            units += [name for name in sorted(os.listdir(system))
+                      if name.endswith((".service", ".scope", ".slice")) and name not in KEEP_RUNNING
+                      and name not in own and os.path.isdir(os.path.join(system, name))]
+        return units
+
+    def _unit_path(self, unit: str) -> str:
+        return unit if unit in FREEZE_SLICES else f"system.slice/{unit}"
+
+    def freeze_user_space(self) -> list[str]:
+        """``systemctl freeze`` (systemd's FreezeUnit: the cgroup v2 freezer) of :meth:`user_space_units`.
+
+        systemd does the freezing, so kjumpd's sandbox keeps
+        ``ProtectControlGroups=``; whether each unit froze is read back from
+        its ``cgroup.events``.
+        """
+        units = self.user_space_units()
+        if not units:
+            return []
+        result = self._runner(["systemctl", "freeze", "--", *units])
+        frozen = [u for u in units if self._frozen(self._unit_path(u))]
+        missed = [u for u in units if u not in frozen]
+        if missed:
+            log.warning("user space only partly stopped (systemctl freeze: %s); still running: %s",
+                        (result.stderr or "").strip() or f"exit status {result.returncode}", ", ".join(missed))
+        return frozen
+
+    def thaw_user_space(self, units: Sequence[str]) -> list[str]:
+        """``systemctl thaw`` of ``units``."""
+        if not units:
+            return []
+        result = self._runner(["systemctl", "thaw", "--", *reversed(list(units))])
+        if result.returncode != 0:
+            problem = f"cannot thaw {', '.join(units)}: {(result.stderr or '').strip()}"
+            log.error("%s", problem)
+            return [problem]
+        return []
+
     def thaw_left_frozen(self) -> list[str]:
-        """FITHAW every freeze candidate; EINVAL (not frozen) is the normal answer and is not reported."""
+        """FITHAW every freeze candidate (EINVAL, not frozen, is the normal answer), then thaw frozen units."""
+        thawed = self._thaw_left_frozen_filesystems()
+        units = [u for u in self.user_space_units() if self._frozen(self._unit_path(u))]
+        if units:
+            log.warning("%s left frozen (kjumpd stopped during a hibernation): thawing", ", ".join(units))
+            self.thaw_user_space(units)
+        return thawed + units
+
+    def _thaw_left_frozen_filesystems(self) -> list[str]:
         thawed = []
         try:
             candidates = freeze_candidates(parse_mountinfo(self._read("/proc/self/mountinfo")))

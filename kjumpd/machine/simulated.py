@@ -77,6 +77,7 @@ FAULTS = {
     "suspend_power_loss": "the power goes while in S3 (the image must be resumed)",
     "platform_error": "S4 through /dev/snapshot fails with this message",
     "freeze_error": "freezing this mount point fails",
+    "suspend_seconds": "how long S3 lasts before the person at the machine wakes it (an alarm may come first)",
     "b_power_error": "powering off or rebooting fails with this message in B (B returns to A)",
     "restore_crashes": "R's kernel panics this many times before its program runs (and reboots)",
 }
@@ -107,6 +108,10 @@ class BootResult:
     resumed: bool         # C found an image and R jumped into A
     exit_code: int        # of the C hook (and R, which replaced it)
     output: str           # what C and R printed
+
+
+# The simulated machine's user space, as the cgroup freezer sees it.
+SIMULATED_UNITS = ("user.slice",)
 
 
 def _python() -> str:
@@ -576,16 +581,28 @@ class SimulatedMachine(Machine):
         self.power_on()
         _flush_and_exit(0)
 
-    def suspend_to_ram(self) -> None:
-        """S3: recorded; returns at the wake-up (or waits for a resume when the power goes)."""
+    def suspend_to_ram(self, alarm: float | None = None) -> bool:
+        """S3: recorded; returns at the wake-up (or waits for a resume when the power goes).
+
+        The sleep lasts ``suspend_seconds`` (simulated time; 0 unless set)
+        unless the alarm comes first: then the alarm wakes the machine.
+        """
         message = self._fault("suspend_error")
         if message:
             raise MachineError(f"suspend to RAM failed: {message}")
+        if alarm is not None:
+            self.record("wake-alarm", seconds=alarm)
         self.record("suspend-to-ram")
         if self._fault("suspend_power_loss"):
             self._wait_for_resume(lambda: self._leave("power-cut"))
-            return
-        self.record("wake-from-ram")
+            return False
+        by_alarm = alarm is not None and float(self._fault("suspend_seconds") or 0) >= alarm
+        self.record("wake-from-ram", by="alarm" if by_alarm else "user")
+        return by_alarm
+
+    def swsusp_problems(self) -> list[str]:
+        """The simulated kernel's own hibernation works when ``machine.json`` says ``"swsusp": true``."""
+        return [] if self.hardware.get("swsusp") else ["the simulated kernel cannot hibernate by itself"]
 
     def hibernate_platform(self) -> None:
         """S4 through the simulated /dev/snapshot: like power_off, recorded as S4."""
@@ -678,11 +695,29 @@ class SimulatedMachine(Machine):
         """The filesystems frozen now, in the order they were frozen (the kernel's state, kept in ``state.json``)."""
         return list(self._state().get("frozen", []))
 
+    def freeze_user_space(self) -> list[str]:
+        """Record stopping the simulated user space (one slice; the state remembers it)."""
+        self.record("freeze-user-space", units=list(SIMULATED_UNITS))
+        self._update(frozen_units=list(SIMULATED_UNITS))
+        return list(SIMULATED_UNITS)
+
+    def thaw_user_space(self, units: Sequence[str]) -> list[str]:
+        """Record thawing the units."""
+        if units:
+            self.record("thaw-user-space", units=list(reversed(list(units))))
+            self._update(frozen_units=[u for u in self._state().get("frozen_units", []) if u not in units])
+        return []
+
+    def frozen_units(self) -> list[str]:
+        """The units frozen now (the cgroup freezer's state, kept in ``state.json``)."""
+        return list(self._state().get("frozen_units", []))
+
     def thaw_left_frozen(self) -> list[str]:
         """Thaw whatever is still frozen (a daemon that died between freeze and thaw)."""
-        frozen = self.frozen_filesystems()
+        frozen, units = self.frozen_filesystems(), self.frozen_units()
         self.thaw_filesystems(frozen)
-        return frozen
+        self.thaw_user_space(units)
+        return frozen + units
 
 
 def main(argv: list[str] | None = None) -> int:
