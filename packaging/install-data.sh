@@ -36,8 +36,8 @@ for d in units/*.d; do
 	[ -d "$d" ] || continue
 	put 0644 "$unitdir/${d##*/}" "$d"/*.conf
 done
-# run by the sleep drop-ins: the system-sleep hooks systemd-sleep would run
-put 0755 /usr/lib/kjumpd units/kjumpd-sleep-hooks
+# run by the sleep drop-ins: kjumpd or systemd-sleep, and the system-sleep hooks systemd-sleep would run
+put 0755 /usr/lib/kjumpd units/kjumpd-sleep units/kjumpd-sleep-hooks
 put 0644 /usr/share/dbus-1/system.d dbus-policy/*.conf
 put 0644 /usr/share/dbus-1/system-services dbus-policy/*.service
 put 0644 /usr/share/polkit-1/actions dbus-policy/*.policy

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def test_listed_files_are_enough_to_run_the_resume_check(config_dir: Path, tmp_p
     ``kjumpctl resume-check``. Imports made by compiled extension modules are
     invisible to modulefinder: cryptography's bindings import _cffi_backend,
     the image group did not import, kjumpctl skipped it and every boot said
-    "invalid choice: 'resume-check'"."""
+    "invalid choice: 'resume-check'". And OpenSSL loads its providers with
+    dlopen: without them cryptography fails with "Unknown OpenSSL error"."""
     if shutil.which("kexec", path="/usr/sbin:/sbin:/usr/bin:/bin") is None:
         pytest.skip("kexec-tools not installed: the hook lists nothing without it")
     assert _files_module().main(["kjumpd-initramfs-files.py", str(config_dir)]) == 0
@@ -72,6 +74,9 @@ def test_listed_files_are_enough_to_run_the_resume_check(config_dir: Path, tmp_p
     roots.append(str(tree) + str(Path(kjumpd.__file__).resolve().parent.parent))
     probe = ("import sys; sys.path[:] = sys.argv[1:]; from kjumpd.ctl import build_parser; "
              "choices = build_parser()._subparsers._group_actions[0].choices; print(sorted(choices))")
-    proc = subprocess.run([sys.executable, "-S", "-c", probe, *roots], capture_output=True, text=True, check=False)
+    # OpenSSL finds its provider modules (cryptography loads "legacy") where the initramfs has them
+    modules = str(tree) + os.path.join(sysconfig.get_config_var("LIBDIR"), "ossl-modules")
+    proc = subprocess.run([sys.executable, "-S", "-c", probe, *roots], capture_output=True, text=True, check=False,
+                          env=os.environ | {"OPENSSL_MODULES": modules})
     assert proc.returncode == 0, proc.stderr
     assert "resume-check" in proc.stdout, proc.stdout

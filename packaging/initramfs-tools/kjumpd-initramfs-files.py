@@ -23,6 +23,7 @@ What is listed:
 * the whole kjumpd package (small, and its modules import each other lazily
   in places modulefinder cannot see);
 * kexec from kexec-tools;
+* OpenSSL's provider modules when the modules use cryptography (dlopened);
 * ``/etc/machine-id``: the check refuses an image whose machine id is not
   this installation's, so it cannot decide without it;
 * from kjumpd's configuration: the hibernate kernel and initrd, copied to
@@ -47,6 +48,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,6 +118,17 @@ def module_closure(names: list[str]) -> Iterator[tuple[str, Path]]:
     for name, file in json.loads(probe.stdout).items():
         if file and name.split(".")[0] not in EXCLUDES:
             yield _kind(Path(file)), Path(file)
+
+
+def openssl_providers(entries: dict[Path, str]) -> list[Path]:
+    """OpenSSL 3's provider modules, when a listed module uses OpenSSL
+    (cryptography). OpenSSL dlopens them (cryptography loads "legacy" when it
+    starts and fails without it), so copy_exec cannot find them; Debian keeps
+    them in ossl-modules/ beside libcrypto."""
+    if not any("cryptography" in path.parts for path in entries):
+        return []
+    directory = Path(sysconfig.get_config_var("LIBDIR") or "/usr/lib") / "ossl-modules"
+    return sorted(directory.glob("*.so")) if directory.is_dir() else []
 
 
 def kjumpd_modules() -> list[str]:
@@ -192,6 +205,8 @@ def main(argv: list[str]) -> int:
         entries.setdefault(path, kind)
     for path in package_files("kjumpd"):
         entries.setdefault(path, "exec" if path.suffix == ".so" else "file")
+    for path in openssl_providers(entries):
+        entries.setdefault(path, "exec")
     for path, kind in entries.items():
         print(kind, path)
     for line in settings:
