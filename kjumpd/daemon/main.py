@@ -9,6 +9,7 @@ hibernation is cancelled first), SIGHUP re-reads the configuration.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
@@ -27,13 +28,15 @@ log = logging.getLogger("kjumpd")
 
 
 def settings_from(config: Config) -> Any:
-    """The hibernator's settings from the daemon's configuration."""
+    """The hibernator's settings from the daemon's configuration.
+
+    Every field of ``HibernateSettings`` is the ``Config`` field of the same
+    name (a test holds them to that), so a new setting is stated once, in
+    both dataclasses, and never copied here by hand.
+    """
     from .hibernator import HibernateSettings
 
-    return HibernateSettings(
-        image_target=config.image_target, image_offset=config.image_offset, compression=config.compression,
-        kernel=config.kernel, initrd=config.initrd, region_size=config.region_size,
-        kernel_arguments=config.kernel_arguments)
+    return HibernateSettings(**{f.name: getattr(config, f.name) for f in dataclasses.fields(HibernateSettings)})
 
 
 def make_hibernator(config: Config, participants: tuple) -> HibernatorLike:

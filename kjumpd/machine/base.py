@@ -4,7 +4,9 @@ Nothing above this layer knows whether it drives the real machine
 (:mod:`kjumpd.machine.real`) or the simulated one
 (:mod:`kjumpd.machine.simulated`). The interface is deliberately narrow:
 physical memory, the RAM layout, identity, kexec, power states, the image
-target, filesystem freezing and the kernel command line.
+target, freezing (user space and file systems) and the kernel command line.
+Drivers' sysfs ``bind``/``unbind`` are not here: only the daemon's udev
+device tracker uses them, on the real machine's devices (docs/machine.md).
 
 Which kernel calls a method matters (docs/machine.md): A stages B, executes
 and enters sleep states; B and R read or write A's memory and jump back; C
