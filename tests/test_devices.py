@@ -83,12 +83,13 @@ class Bed:
         return driver_dir
 
     def mount(self, number: tuple[int, int], mount_point: str, *, options: str = "rw", fstype: str = "ext4",
-              source: str = "/dev/x") -> None:
+              source: str = "/dev/x", super_options: str | None = None) -> None:
+        """A mount table line; the superblock's options are the mount's unless given."""
         self._mount_id += 1
         escaped = mount_point.replace(" ", "\\040")
         with self.mountinfo.open("a") as f:
             f.write(f"{self._mount_id} 1 {number[0]}:{number[1]} / {escaped} {options},relatime shared:1 "
-                    f"- {fstype} {source} {options}\n")
+                    f"- {fstype} {source} {super_options or options}\n")
 
 
 class Kernel:
@@ -329,6 +330,18 @@ def test_usb_disk_without_removable_flag_counts_as_removable(bed: Bed, tracker_f
     tracker = tracker_factory("")
     assert tracker.problems() == ["/media/stick is mounted writable from /dev/sdc1 and sdc is on USB: "
                                   "unmount it, remount it read-only, or hibernate with force"]
+
+
+def test_removable_file_system_writable_elsewhere_blocks_inside_the_sandbox(bed: Bed, tracker_factory) -> None:
+    """Issue 10.4: in kjumpd.service's namespace (ProtectSystem=strict) every mount is read-only; the
+    superblock still says whether the stick's file system is written through the host's mount."""
+    usb_stick(bed)
+    bed.mount((8, 33), "/media/stick", options="ro", super_options="rw")
+    tracker = tracker_factory("")
+    assert tracker.problems() == ["/media/stick is mounted writable from /dev/sdc1 and sdc is removable: "
+                                  "unmount it, remount it read-only, or hibernate with force"]
+    [entry] = [e for e in tracker.describe() if e["role"] == "removable-mount"]
+    assert entry["state"] == "writable"
 
 
 def test_read_only_removable_mount_does_not_block(bed: Bed, tracker_factory) -> None:

@@ -8,7 +8,8 @@ hibernation (format and behaviour: ``docs/devices.md``):
   present and be the same device it was when the tracker started;
 - a **writable filesystem on a removable disk** (sysfs ``removable`` = 1, or on
   USB) blocks hibernation unless forced: the disk may be gone or changed by
-  the time the saved system runs again;
+  the time the saved system runs again. Writable is the superblock's flag:
+  inside kjumpd.service every mount is a read-only bind mount;
 - **memory hot-plug** makes the memory map stale;
 - devices tagged ``KJUMP_UNBIND=1`` by udev rules are unbound from their
   drivers before the jump and bound again after it;
@@ -429,7 +430,7 @@ class DeviceTracker:
         if not force:
             found += [f"{m.mount_point} is mounted writable from {dev.device_node} and {why}: unmount it, "
                       "remount it read-only, or hibernate with force"
-                      for m, dev, why in self._removable_mounts(view, mounts) if m.writable]
+                      for m, dev, why in self._removable_mounts(view, mounts) if m.super_writable]
         return found, status
 
     def _removable_mounts(self, view: _BlockView, mounts: list[Mount]) -> list[tuple[Mount, pyudev.Device, str]]:
@@ -621,8 +622,8 @@ class DeviceTracker:
             for mount, dev, why in self._removable_mounts(view, mounts):
                 entries.append({"role": "removable-mount", "device": dev.device_node or dev.sys_name,
                                 "mount-point": mount.mount_point, "fstype": mount.fstype, "reason": why,
-                                "state": "writable" if mount.writable else "read-only",
-                                "action": "blocks hibernation unless forced" if mount.writable else "none"})
+                                "state": "writable" if mount.super_writable else "read-only",
+                                "action": "blocks hibernation unless forced" if mount.super_writable else "none"})
             blocks = self._memory_signature()
             if self._memory_baseline is None:
                 state, action = "not watched", "none (the tracker is not started)"
