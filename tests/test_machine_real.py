@@ -370,3 +370,37 @@ def test_no_unified_cgroup_hierarchy_no_freezer(root: Path) -> None:
     rec = Recorder()
     assert machine(root, rec).freeze_user_space() == []
     assert rec.calls == []
+
+
+# --- suspend-then-hibernate: the RTC alarm ---------------------------------------------------------------
+
+
+class Clock:
+    """The wall clock: ``asleep`` seconds pass while /sys/power/state is written."""
+
+    def __init__(self, root: Path, asleep: float) -> None:
+        self.now, self.asleep, self.state = 1_000_000.0, asleep, root / "sys/power/state"
+
+    def __call__(self) -> float:
+        if self.state.read_text() == "mem":          # the write happened: the machine slept
+            self.state.write_text("freeze mem disk\n")
+            self.now += self.asleep
+        return self.now
+
+
+@pytest.mark.parametrize(("asleep", "by_alarm"), [(3600, True), (7200, True), (60, False)])
+def test_suspend_with_an_alarm_says_whether_the_alarm_woke_it(root: Path, asleep: float, by_alarm: bool) -> None:
+    alarm = root / "sys/class/rtc/rtc0/wakealarm"
+    alarm.parent.mkdir(parents=True)
+    alarm.write_text("")
+    m = RealMachine(str(root), runner=Recorder().runner, reboot_call=Recorder().reboot, ioctl=Recorder().ioctl,
+                    clock=Clock(root, asleep))
+    assert m.suspend_to_ram(alarm=3600) is by_alarm
+    assert alarm.read_text() == "0", "the alarm is cleared after the wake-up"
+
+
+def test_suspend_without_an_rtc_fails_before_sleeping(root: Path) -> None:
+    m = machine(root, Recorder())
+    with pytest.raises(MachineError, match="cannot set the RTC wake alarm"):
+        m.suspend_to_ram(alarm=3600)
+    assert (root / "sys/power/state").read_text() == "freeze mem disk\n"
