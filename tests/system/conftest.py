@@ -86,7 +86,8 @@ def system_workdir() -> Path:
     if os.environ.get("KJUMPD_SYS_KEEP") == "1":
         print(f"\nkjumpd system test: disks kept in {path}")
     else:
-        shutil.rmtree(path, ignore_errors=True)
+        from system_root import remove_tree
+        remove_tree(path)
 
 
 def _require_tools() -> None:

@@ -80,23 +80,46 @@ def run(cmd: list[str], *, log: Log | None = None, check: bool = True, env: dict
     return proc
 
 
+# The device nodes a chroot gets on its own tmpfs /dev: (name, major, minor).
+# The host's /dev is never bind-mounted in: a tree removed while a mount was
+# left behind (a killed run) would take the host's device nodes with it.
+CHROOT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
+                  ("tty", 5, 0))
+
+
 @contextmanager
 def chroot_mounts(root: Path):
-    """/proc, /sys and /dev in the root while the block runs (update-initramfs
-    and kjumpctl's initramfs builder look at them)."""
+    """A fresh /proc and a tmpfs /dev with the basic device nodes in the root
+    while the block runs (apt, update-initramfs and kjumpctl's initramfs
+    builder need them)."""
     mounted: list[Path] = []
     try:
-        for kind, source, target in (("proc", "proc", "proc"), ("bind", "/sys", "sys"), ("bind", "/dev", "dev")):
+        for fstype, target in (("proc", "proc"), ("tmpfs", "dev")):
             where = root / target
             where.mkdir(exist_ok=True)
-            cmd = ["mount", "-t", "proc", "proc", str(where)] if kind == "proc" else \
-                ["mount", "--rbind", "--make-rslave", source, str(where)]
-            run(cmd)
+            run(["mount", "-t", fstype, fstype, str(where)])
             mounted.append(where)
+        for name, major, minor in CHROOT_DEVICES:
+            os.mknod(root / "dev" / name, 0o20666, os.makedev(major, minor))
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            (root / "dev" / name).symlink_to(target)
         yield
     finally:
         for where in reversed(mounted):
-            subprocess.run(["umount", "-R", "-l", str(where)], check=False)
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a work directory, never crossing into a mount (a killed run may
+    have left its chroot's /proc or /dev mounted): those are unmounted first,
+    and ``rm --one-file-system`` stops at any that remain."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [line.split()[4] for line in mountinfo]
+    for point in sorted((p for p in points if p.startswith(real + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    subprocess.run(["rm", "-rf", "--one-file-system", real], check=False)
 
 
 def in_root(root: Path, *cmd: str, log: Log | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -118,7 +141,7 @@ def base_tarball(log: Log | None = None) -> Path:
         raise RootError(f"Debian archive {mirror} unreachable ({exc}) and no cached {tarball}") from exc
     CACHE.mkdir(parents=True, exist_ok=True)
     work = CACHE / f"system-base-{suite}-{key}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work)
     run(["debootstrap", "--variant=minbase", suite, str(work), mirror], log=log)
     shutil.copy("/etc/resolv.conf", work / "etc/resolv.conf")
     # kexec-tools must not take over reboots (it would load the stock kernel on
@@ -132,7 +155,7 @@ def base_tarball(log: Log | None = None) -> Path:
     (work / "etc/resolv.conf").unlink()
     run(["tar", "--zstd", "--numeric-owner", "-C", str(work), "-cf", f"{tarball}.part", "."], log=log)
     os.replace(f"{tarball}.part", tarball)
-    shutil.rmtree(work)
+    remove_tree(work)
     for old in CACHE.glob(f"system-base-{suite}-*.tar.zst"):
         if old != tarball:
             old.unlink()
@@ -176,7 +199,7 @@ def install_guest(work: Path, kernel_deb: Path, kjumpd_deb: Path, log: Log | Non
     """Unpack the base root into ``work/root`` and install and configure everything (see the module doc)."""
     root, home = work / "root", work / "home"
     for path in (root, home):
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         path.mkdir(parents=True)
     run(["tar", "--zstd", "--numeric-owner", "-C", str(root), "-xf", str(base_tarball(log))], log=log)
     stock = sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))
