@@ -118,7 +118,15 @@ fi
 flock -u 9
 exec 9>&-
 
-root=$(mktemp -d /var/tmp/kjumpd-fresh-root.XXXXXX)
+# A run that was killed (SIGKILL: no trap) leaves its copy mounted; the copy
+# is named after the run's process, so a later run can clear it away safely.
+for old in /var/tmp/kjumpd-fresh-root.*; do
+    pid=${old##*.}
+    if [[ $pid =~ ^[0-9]+$ ]] && ! kill -0 "$pid" 2>/dev/null; then remove_root "$old"; fi
+done
+root=/var/tmp/kjumpd-fresh-root.$$
+remove_root "$root"
+mkdir -m 755 "$root"
 trap 'remove_root "$root"' EXIT
 tar -C "$root" -xf "$tarball"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
