@@ -40,6 +40,8 @@ done
 put 0755 /usr/lib/kjumpd units/kjumpd-sleep units/kjumpd-sleep-hooks
 put 0644 /usr/share/dbus-1/system.d dbus-policy/*.conf
 put 0644 /usr/share/dbus-1/system-services dbus-policy/*.service
+# the interface for D-Bus tooling (the daemon reads the copy in its Python package)
+put 0644 /usr/share/dbus-1/interfaces kjumpd/org.kjump.Hibernate1.xml
 put 0644 /usr/share/polkit-1/actions dbus-policy/*.policy
 put 0644 "$udevrulesdir" packaging/udev/*.rules
 put 0755 /usr/share/initramfs-tools/hooks packaging/initramfs-tools/hooks/kjumpd

@@ -63,6 +63,7 @@ REQUIRED_FILES = (
     "/lib/systemd/system/systemd-suspend-then-hibernate.service.d/50-kjumpd.conf",
     "/usr/share/dbus-1/system.d/org.kjump.Hibernate1.conf",
     "/usr/share/dbus-1/system-services/org.kjump.Hibernate1.service",
+    "/usr/share/dbus-1/interfaces/org.kjump.Hibernate1.xml",
     "/usr/share/polkit-1/actions/org.kjump.policy",
     "/usr/share/initramfs-tools/hooks/kjumpd",
     "/usr/share/initramfs-tools/scripts/local-premount/kjumpd",
