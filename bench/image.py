@@ -34,7 +34,7 @@ from pathlib import Path
 
 import sample
 
-from kjumpd import image
+from kjumpd import image, seal
 from kjumpd.errors import KjumpError
 from kjumpd.format import Compression, Handoff, Identity, State
 from kjumpd.memmap import MemoryMap, Range
@@ -175,44 +175,61 @@ class Bench:
         self.handoff = Handoff(identity=Identity(), restart_point="resume", compression=compression,
                                region_base=0, region_size=0, low_base=0, low_size=0,
                                memmap=self.memmap)
+        # the same sample sealed to a key pair (docs/encryption.md): what encryption costs
+        self.sealed_image = directory / "image.sealed.kjump"
+        self.sealed_pristine = directory / "image.sealed.kjump.saved"
+        public, secret = seal.generate_key_pair(b"bench", seal.ScryptCost(log_n=10))
+        self.sealed_handoff = dataclasses.replace(self.handoff, recipient=public)
+        self._private = seal.SecretKeyFile.parse(secret).unlock(b"bench")
 
     # --- the engine ---------------------------------------------------------
 
-    def _open_target(self) -> ImageTarget:
+    def _open_target(self, sealed: bool = False) -> ImageTarget:
+        path = str(self.sealed_image if sealed else self.image)
         try:
-            return ImageTarget.create(str(self.image), image.required_capacity(self.memmap))
+            return ImageTarget.create(path, image.required_capacity(self.memmap))
         except TargetExistsError:
-            return ImageTarget.open(str(self.image))
+            return ImageTarget.open(path)
 
-    def save(self) -> None:
-        """image.save of the whole sample into the image file."""
-        with FileMemory(str(self.sample)) as source, self._open_target() as target:
-            image.save(source, target, self.handoff, jump_back_entry=JUMP_BACK_ENTRY)
+    def _key(self, target: ImageTarget) -> bytearray:
+        """The sealed image's data key, unsealed as C does (once per restore: part of its cost)."""
+        envelope = seal.Envelope.unpack(image.read_superblock(target).seal)
+        return seal.unseal_key(envelope, self._private)
 
-    def verify(self) -> None:
-        """image.verify of the saved image."""
-        with self._open_target() as target:
-            image.verify(target)
+    def save(self, sealed: bool = False) -> None:
+        """image.save of the whole sample into the image file (the sealed one: encrypted)."""
+        with FileMemory(str(self.sample)) as source, self._open_target(sealed) as target:
+            image.save(source, target, self.sealed_handoff if sealed else self.handoff,
+                       jump_back_entry=JUMP_BACK_ENTRY)
 
-    def restore(self) -> None:
+    def verify(self, sealed: bool = False) -> None:
+        """image.verify of the saved image (the sealed one with its key: every chunk authenticated)."""
+        with self._open_target(sealed) as target:
+            if sealed:
+                image.verify(target, deep=True, key=self._key(target))
+            else:
+                image.verify(target)
+
+    def restore(self, sealed: bool = False) -> None:
         """image.restore of the image into the destination file."""
-        with RamFile(str(self.restored), writable=True) as dest, self._open_target() as target:
-            image.restore(target, dest)
+        with RamFile(str(self.restored), writable=True) as dest, self._open_target(sealed) as target:
+            image.restore(target, dest, key=self._key(target) if sealed else None)
 
-    def rearm(self) -> None:
+    def rearm(self, sealed: bool = False) -> None:
         """Put the image back as saved so it can be restored once more (an image is restored at
         most once, and a restore zeroes its handoff and trailer; the benchmark restores it N+1
         times): the saved image is kept aside before the first restore and copied back after."""
-        with self._open_target() as target:
+        path, pristine = (self.sealed_image, self.sealed_pristine) if sealed else (self.image, self.pristine)
+        with self._open_target(sealed) as target:
             saved = image.read_superblock(target).state == State.SAVED
         if saved:
-            shutil.copyfile(self.image, self.pristine)
+            shutil.copyfile(path, pristine)
         else:
-            shutil.copyfile(self.pristine, self.image)
+            shutil.copyfile(pristine, path)
 
-    def image_bytes(self) -> int:
+    def image_bytes(self, sealed: bool = False) -> int:
         """Bytes the image occupies on its target (header area, chunk stream, trailer)."""
-        with self._open_target() as target:
+        with self._open_target(sealed) as target:
             return image.read_superblock(target).image_bytes
 
     def stream_bytes(self) -> int:
@@ -240,6 +257,17 @@ class Bench:
         timings.append(measure("ours restore", self.restore, repeat, prepare=self.rearm))
         if not filecmp.cmp(self.sample, self.restored, shallow=False):
             raise RuntimeError(f"the restored memory {self.restored} differs from the sample "
+                               f"{self.sample}: the engine is broken, the times mean nothing")
+        timings += [
+            measure("sealed save", lambda: self.save(sealed=True), repeat,
+                    output=lambda: self.image_bytes(sealed=True)),
+            measure("sealed verify", lambda: self.verify(sealed=True), repeat),
+        ]
+        self.fill_restore_destination()
+        timings.append(measure("sealed restore", lambda: self.restore(sealed=True), repeat,
+                               prepare=lambda: self.rearm(sealed=True)))
+        if not filecmp.cmp(self.sample, self.restored, shallow=False):
+            raise RuntimeError(f"the memory restored from the encrypted image differs from the sample "
                                f"{self.sample}: the engine is broken, the times mean nothing")
         peers = [
             ("lz4 -1", ["lz4", "-q", "-1", "-f", self.sample, self.lz4], self.lz4),
@@ -331,6 +359,8 @@ class Results:
         and its chunk stream alone, without the fixed header area)."""
         found = {f"{op} / {peer}": self._best(f"ours {op}") / self._best(peer)
                  for op, peer in TIME_RATIOS}
+        for op in ("save", "restore"):
+            found[f"encrypted {op} / plain {op}"] = self._best(f"sealed {op}") / self._best(f"ours {op}")
         for peer in SIZE_RATIOS:
             found[f"image size / {peer} size"] = self._bytes("ours save") / self._bytes(peer)
             found[f"chunk stream / {peer} size"] = self.stream_bytes / self._bytes(peer)

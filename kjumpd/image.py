@@ -24,6 +24,7 @@ holds A's RAM (docs/format.md, "What a consumed image leaves behind").
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -39,7 +40,7 @@ import zstandard
 
 from .errors import FormatError, ImageError
 from . import seal as sealing
-from .format import (AEAD_TAG_SIZE, ALIGN, CHUNK_FLAG_ENCRYPTED, CHUNK_FLAG_STORED_RAW, DATA_OFFSET, HANDOFF_MAX, HANDOFF_OFFSET,
+from .format import (AEAD_TAG_SIZE, ALIGN, CHUNK_FLAG_ENCRYPTED, CHUNK_HEADER_SIZE, CHUNK_FLAG_STORED_RAW, DATA_OFFSET, HANDOFF_MAX, HANDOFF_OFFSET,
                      MAX_CHUNK_PAGES, RESULT_OK, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, ChunkHeader, Compression,
                      Handoff, Identity, State, Superblock, Trailer, checksum, stream_checksum_update)
 from .memmap import PAGE_SIZE, MemoryMap
@@ -62,6 +63,20 @@ def required_capacity(memmap: MemoryMap, chunk_pages: int = CHUNK_PAGES) -> int:
     """Worst-case bytes an image of ``memmap`` needs: every page stored raw, plus headers."""
     chunks = -(-memmap.total_pages // chunk_pages)
     return DATA_OFFSET + memmap.total_bytes + chunks * (ALIGN + AEAD_TAG_SIZE) + ALIGN
+
+
+def expected_capacity(memmap: MemoryMap, ratio: float, chunk_pages: int = CHUNK_PAGES) -> int:
+    """Bytes an image of ``memmap`` needs when its pages take ``ratio`` of their size on disk.
+
+    The header area, every chunk's header, zero bitmap and authentication
+    tag, the padding and the trailer are counted exactly; ``ratio`` (0 to 1)
+    scales only the pages. With ratio 0 it is the least any image of the map
+    needs (every page zero).
+    """
+    chunks = -(-memmap.total_pages // chunk_pages)
+    header = CHUNK_HEADER_SIZE + (chunk_pages + 7) // 8 + AEAD_TAG_SIZE
+    pages = math.ceil(memmap.total_bytes * min(1.0, max(0.0, ratio)))
+    return DATA_OFFSET + pages + chunks * header + 2 * ALIGN
 
 
 # --- records ------------------------------------------------------------------
@@ -318,7 +333,10 @@ def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_
     """Save the pages of ``handoff.memmap`` from ``source`` into ``target``.
 
     The handoff must already be on the target (A wrote it) or is written here.
-    Refuses before writing anything when the target is too small. Returns the
+    Refuses before writing anything when the target cannot hold even an
+    image of zero pages; a target that fills up during the save (the memory
+    compressed less than its owner expected) discards the image with the
+    reason and raises ImageError, nothing written past its end. Returns the
     final (SAVED) superblock.
     """
     started = time.monotonic()
@@ -327,11 +345,11 @@ def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_
         raise ImageError("the memory map is empty: there is nothing to save; nothing was written")
     if not 0 < chunk_pages <= MAX_CHUNK_PAGES:
         raise ValueError(f"chunk size {chunk_pages} out of range (1 to {MAX_CHUNK_PAGES} pages)")
-    need = required_capacity(memmap, chunk_pages)
+    need = expected_capacity(memmap, 0.0, chunk_pages)
     if target.capacity < need:
         raise ImageError(
-            f"image target {target.path} is too small: it holds {target.capacity} bytes but saving "
-            f"{memmap.total_bytes >> 20} MiB of memory may need up to {need} bytes; nothing was written")
+            f"image target {target.path} is too small: it holds {target.capacity} bytes but even an image "
+            f"of {memmap.total_bytes >> 20} MiB of zero pages needs {need} bytes; nothing was written")
     try:
         on_disk, handoff_sum = read_handoff(target)
     except FormatError:
@@ -362,6 +380,13 @@ def save(source: PhysicalMemory, target: ImageTarget, handoff: Handoff, *, jump_
         encoded = _ordered_map(pool, lambda i: _encode_chunk(source, memmap, codec, chunk_pages, i),
                                range(chunks), workers * 4)
         for item in encoded:
+            end = writer.end + len(item.packed) + len(item.stored)
+            if end + -end % ALIGN + ALIGN > target.capacity:       # the chunk, padding, trailer
+                reason = (f"image target {target.path} is full: its {target.capacity} bytes hold the image of "
+                          f"{item.header.first_page * PAGE_SIZE / (1 << 20):.1f} of {total / (1 << 20):.1f} MiB "
+                          "of memory (it compressed less than expected); the save was abandoned")
+                discard(target, reason)
+                raise ImageError(reason)
             writer.add([item.packed, item.stored])
             zero_pages += item.zero_pages
             stream_checksum_update(stream, item.packed)

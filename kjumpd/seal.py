@@ -273,7 +273,10 @@ def unseal_key(envelope: Envelope, private: X25519PrivateKey) -> bytearray:
     if envelope.key_id != key_id(public):
         raise ImageError(f"the image was sealed to another key (key id {envelope.key_id.hex()}, "
                          f"this machine's is {key_id(public).hex()})")
-    shared = private.exchange(X25519PublicKey.from_public_bytes(envelope.ephemeral))
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(envelope.ephemeral))
+    except ValueError:          # a low-order point: no shared secret (a forged envelope)
+        raise ImageError("the image's envelope holds an invalid ephemeral key: the envelope is corrupt") from None
     kek = _kek(shared, envelope.ephemeral, public, envelope.image_uuid)
     try:
         return bytearray(AESGCM(kek).decrypt(bytes(NONCE_SIZE), envelope.sealed_key, envelope.head[:28]))
@@ -475,9 +478,13 @@ class KeyedInitrd:
     """
 
     def __init__(self, initrd: str, data_key: bytes | bytearray) -> None:
-        with open(initrd, "rb") as handle:
-            base = handle.read()
+        try:
+            with open(initrd, "rb") as handle:
+                base = handle.read()
+        except OSError as exc:
+            raise ImageError(f"cannot read the restore kernel's initramfs {initrd}: {exc.strerror}") from None
         self.fd = os.memfd_create("kjumpd-r-initrd", 0)
+        os.set_inheritable(self.fd, True)
         os.write(self.fd, key_archive(data_key))
         os.write(self.fd, base)
         self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
@@ -515,3 +522,76 @@ def destroyed_seal(seal: bytes) -> bytes:
     """
     start, end = _EPHEMERAL_AT, _EPHEMERAL_AT + KEY_SIZE + KEY_SIZE + TAG_SIZE
     return seal[:start] + bytes(end - start) + seal[end:]
+
+
+# --- memory that must never reach a disk -------------------------------------------------------
+
+# How a memfd_secret file shows in /proc/PID/fd and /proc/PID/maps: the kernel
+# creates it with alloc_file_pseudo(…, "secretmem", …) on an internal mount
+# (mm/secretmem.c), which d_path prints as "/secretmem (deleted)".
+SECRETMEM_NAME = "/secretmem (deleted)"
+
+
+def secret_memory_holders(proc: str = "/proc") -> list[tuple[int, str]]:
+    """(pid, command name) of every process holding a ``memfd_secret`` file, open or mapped.
+
+    The kernel counts such files (``secretmem_users``) and refuses its own
+    hibernation while there is one (``hibernation_available()``): their pages
+    are removed from the kernel's direct map precisely so that they never
+    reach a disk. Processes that vanish while being looked at are skipped.
+    """
+    holders = []
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        if _holds_secret_memory(entry.path):
+            try:
+                with open(os.path.join(entry.path, "comm"), encoding="utf-8", errors="replace") as handle:
+                    name = handle.read().strip()
+            except OSError:
+                name = "?"
+            holders.append((int(entry.name), name))
+    return sorted(holders)
+
+
+def _holds_secret_memory(process: str) -> bool:
+    try:
+        for fd in os.scandir(os.path.join(process, "fd")):
+            try:
+                if os.readlink(fd.path) == SECRETMEM_NAME:
+                    return True
+            except OSError:
+                continue
+        with open(os.path.join(process, "maps"), encoding="utf-8", errors="replace") as handle:
+            return any(line.rstrip("\n").endswith(" " + SECRETMEM_NAME) for line in handle)
+    except OSError:
+        return False
+
+
+# --- C: the image's data key ------------------------------------------------------------------
+
+def unlock_image_key(image_seal: bytes, secret_path: str, ask: Asker, say: Callable[[str], None],
+                     tries: int = 3) -> bytearray | None:
+    """The data key of an image with superblock seal ``image_seal`` (C), or None for a plain image.
+
+    Where a secret key file exists, only encrypted images are accepted: a
+    plain one may be a forgery and is refused. Asks the passphrase up to
+    ``tries`` times. ImageError (KeyFileError) says why there is no key.
+    """
+    have_secret = os.path.exists(secret_path)
+    if not image_seal:
+        if have_secret:
+            raise ImageError(f"the image is not encrypted, but this machine has an image key ({secret_path}): "
+                             "only encrypted images are resumed here")
+        return None
+    if not have_secret:
+        raise ImageError(f"the image is encrypted, but there is no secret key {secret_path} in this initramfs")
+    secret = SecretKeyFile.load(secret_path)
+    envelope = Envelope.unpack(image_seal)
+    if envelope.key_id != key_id(secret.public):
+        raise ImageError(f"the image was sealed to another key (key id {envelope.key_id.hex()}, this "
+                         f"machine's is {key_id(secret.public).hex()})")
+    private = unlock_interactively(secret, ask, tries, say)
+    if private is None:
+        raise ImageError("the image key was not unlocked (no right passphrase given)")
+    return unseal_key(envelope, private)

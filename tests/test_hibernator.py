@@ -50,7 +50,7 @@ def test_participants_wrap_the_jump_and_add_details(machine: SimulatedMachine) -
     result = h.hibernate("resume")
     assert result.success
     assert log == ["before udev", "before net", "after net", "after udev"]
-    assert result.details == {"udev-devices": ["added"], "net-devices": ["added"]}
+    assert result.details == {"udev-devices": ["added"], "net-devices": ["added"], "encrypted": False}
     assert result.as_dict()["details"] == result.details
     assert result.as_dict()["restart-point"] == "resume"
 

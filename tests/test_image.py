@@ -200,11 +200,12 @@ def test_image_for_another_layout_is_refused(saved, tmp_path):
 
 
 def test_target_too_small_is_refused_before_writing(tmp_path):
+    """Too small for even an image of zero pages (a target that fills up: tests/test_image_size.py)."""
     mem = tmp_path / "ram"
     make_memory(mem, 64, seed=3)
     memmap = MemoryMap.from_ranges([Range(0, 64 * PAGE_SIZE)])
     img = tmp_path / "image"
-    ImageTarget.create(str(img), DATA_OFFSET + 8 * PAGE_SIZE).close()
+    ImageTarget.create(str(img), DATA_OFFSET + ALIGN).close()
     before = img.read_bytes()
     with ImageTarget.open(str(img)) as target, FileMemory(str(mem)) as source:
         with pytest.raises(ImageError, match="too small"):

@@ -1,5 +1,6 @@
 """kjumpd.seal: key files, the envelope of an image's data key, chunk AEAD, the key handed to R."""
 
+import dataclasses
 import os
 import struct
 
@@ -77,8 +78,7 @@ def test_a_changed_envelope_does_not_open(pair, field):
     _, envelope = seal.seal_new_key(public)
     value = bytearray(getattr(envelope, field))
     value[0] ^= 1
-    changed = seal.Envelope.unpack(envelope.pack()).__class__(
-        **{**envelope.__dict__, field: bytes(value)})
+    changed = dataclasses.replace(envelope, **{field: bytes(value)})
     with pytest.raises(ImageError, match="does not open"):
         seal.unseal_key(changed, secret.unlock(b"correct horse"))
 
@@ -174,3 +174,12 @@ def test_unlock_interactively_allows_retries_then_gives_up(pair):
     wrong = [bytearray(b"a"), bytearray(b"b")]
     assert seal.unlock_interactively(secret, lambda prompt: wrong.pop(0), tries=2, say=said.append) is None
     assert seal.unlock_interactively(secret, lambda prompt: None, say=said.append) is None
+
+
+def test_a_forged_low_order_ephemeral_key_is_refused_as_corrupt(pair):
+    """X25519 with an all-zero point has no shared secret: one clear refusal, not a ValueError."""
+    public, secret = pair
+    _, envelope = seal.seal_new_key(public)
+    forged = dataclasses.replace(envelope, ephemeral=bytes(32), sealed_key=b"\x01" * 48)
+    with pytest.raises(ImageError, match="invalid ephemeral key"):
+        seal.unseal_key(forged, secret.unlock(b"correct horse"))

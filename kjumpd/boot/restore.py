@@ -25,7 +25,8 @@ def restore(machine: Machine, args: kexec.HibernateKernelArgs) -> int:
     with machine.open_target(args.target, offset=args.offset, writable=True) as target:
         try:
             with machine.physical_memory(writable=True) as memory:
-                superblock = image.restore(target, memory, progress=ConsoleProgress(machine))
+                superblock = image.restore(target, memory, progress=ConsoleProgress(machine),
+                                           key=machine.handed_key())
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             try:

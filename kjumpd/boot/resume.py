@@ -30,9 +30,10 @@ the process does not return.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from .. import image, kexec
+from .. import image, kexec, seal
 from ..errors import FormatError, KjumpError
 from ..format import State, Superblock
 from ..kexec import KernelParameters, LoadSpec
@@ -57,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", help=f"hibernate kernel to load as R (default {DEFAULT_KERNEL})")
     parser.add_argument("--initrd", help=f"its initramfs (default {DEFAULT_INITRD})")
     parser.add_argument("--dry-run", action="store_true", help="check the image but do not load or jump")
+    parser.add_argument("--secret-key", default=seal.SECRET_KEY_PATH,
+                        help=f"passphrase-protected image key (default {seal.SECRET_KEY_PATH}); where it "
+                        "exists only encrypted images are resumed")
 
 
 def restore_spec(machine: Machine, consoles: list[str], target_id: str, offset: int, region: Range,
@@ -191,6 +195,7 @@ def _resume(machine: Machine, options: argparse.Namespace, words: list[kexec.Wor
         target = machine.open_target(name, offset=offset, writable=True)
     except KjumpError as exc:
         return _read_only_look(machine, name, offset, exc)
+    keyed: seal.KeyedInitrd | None = None
     with target:
         try:
             superblock = image.read_superblock(target)
@@ -212,11 +217,22 @@ def _resume(machine: Machine, options: argparse.Namespace, words: list[kexec.Wor
             spec = restore_spec(machine, consoles, target_id, offset, region,
                                 options.kernel or params.get("kjump.kernel") or DEFAULT_KERNEL,
                                 options.initrd or params.get("kjump.initrd") or DEFAULT_INITRD)
+            # An encrypted image: its data key, unsealed with the passphrase and checked against
+            # the records, goes to R inside R's initramfs, in memory (docs/encryption.md).
+            key = seal.unlock_image_key(superblock.seal, options.secret_key, machine.ask_password,
+                                        machine.console)
+            if key is not None:
+                image.authenticate(target, key)
+                keyed = seal.KeyedInitrd(spec.initrd, key)
+                key[:] = bytes(len(key))
+                spec = dataclasses.replace(spec, initrd=keyed.path)
             # The attempt is recorded before R can run: if R fails before it
             # marks the image, the next boot finds RESUMING and discards it.
             image.set_state(target, State.RESUMING, reason=f"resume attempted by boot {machine.boot_id()}")
             machine.kexec_load(spec)
         except KjumpError as exc:
+            if keyed is not None:
+                keyed.close()
             return _discard(machine, target, name, offset, str(exc))
     machine.console(f"resuming the hibernated system from {name}")
     try:
@@ -224,6 +240,8 @@ def _resume(machine: Machine, options: argparse.Namespace, words: list[kexec.Wor
         reason = "kexec returned: the restore kernel did not start"
     except KjumpError as exc:
         reason = f"cannot start the restore kernel: {exc}"
+    if keyed is not None:
+        keyed.close()
     try:
         target = machine.open_target(name, offset=offset, writable=True)
     except KjumpError as exc:

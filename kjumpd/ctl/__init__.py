@@ -30,7 +30,7 @@ EXIT_DENIED = 4
 # Subcommand groups. A group whose third-party library is missing is left out:
 # the early-boot initramfs carries only what `resume-check` needs (no gi, no
 # pyudev), and `kjumpctl resume-check` must still run there.
-GROUPS = ("bus", "image", "target", "devices", "boot")
+GROUPS = ("bus", "image", "target", "devices", "boot", "key")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -154,6 +154,9 @@ def _describe_result(result: dict[str, Any]) -> str:
     text = f"{result.get('result', '?')} (restart point {result.get('restart-point', '?')})"
     if result.get("reason"):
         text += f": {result['reason']}"
+    encrypted = result.get("details", {}).get("encrypted")
+    if encrypted is not None:
+        text += "; image encrypted" if encrypted else "; image NOT encrypted"
     return text
 
 

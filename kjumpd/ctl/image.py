@@ -235,6 +235,7 @@ def _human(info: dict[str, object]) -> str:
         ("Boot ID", info["boot_id"]), ("Memory", f"{int(info['memory_bytes']) >> 20} MiB, "
                                                 f"{info['pages_zero']} of {info['pages_total']} pages zero"),
         ("Image", f"{int(info['image_bytes']) >> 20} MiB in {info['chunks']} chunks, {info['compression']}"),
+        ("Encrypted", f"yes, sealed to key {info['key_id']}" if info.get("encrypted") else "no"),
         ("Jump-back entry", f"{int(info['jump_back_entry']):#x}"),
         ("B region", "{:#x}+{:#x}".format(*info["region"])),
         ("Written", f"{when(info['saved_ns'])} in {info['save_seconds']:.2f} s"),

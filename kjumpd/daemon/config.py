@@ -19,12 +19,14 @@ from pathlib import Path
 from ..errors import KjumpError
 from ..format import RESTART_POINTS, Compression
 from ..machine import KINDS
+from ..seal import PUBLIC_KEY_PATH
 
 DEFAULT_DIR = Path("/etc/kjumpd")
 MAIN_FILE = "kjumpd.conf"
 DROPIN_DIR = "kjumpd.conf.d"
 
 COMPRESSIONS = tuple(c.name.lower() for c in Compression)
+ENCRYPTIONS = ("auto", "on", "off")   # docs/encryption.md: auto seals images once a key exists
 
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(r"^([0-9]+)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
@@ -47,6 +49,8 @@ class Config:
     image_target: str = ""
     image_offset: int = 0
     compression: str = "lz4"
+    encryption: str = "auto"
+    public_key: str = PUBLIC_KEY_PATH
     kernel: str = ""
     initrd: str = ""
     region_size: int = 256 << 20
@@ -124,6 +128,8 @@ _KEYS: dict[tuple[str, str], tuple[str, Callable[[str], object]]] = {
     ("Image", "Target"): ("image_target", _absolute_path),
     ("Image", "Offset"): ("image_offset", parse_size),
     ("Image", "Compression"): ("compression", _choice(COMPRESSIONS)),
+    ("Image", "Encryption"): ("encryption", _choice(ENCRYPTIONS)),
+    ("Image", "PublicKey"): ("public_key", _absolute_path),
     ("HibernateKernel", "Kernel"): ("kernel", _absolute_path),
     ("HibernateKernel", "Initrd"): ("initrd", _absolute_path),
     ("HibernateKernel", "RegionSize"): ("region_size", _region_size),

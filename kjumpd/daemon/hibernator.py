@@ -24,13 +24,23 @@ from ..errors import FormatError, ImageError, KjumpError, MachineError, RefusedE
 from ..format import RESTART_POINTS, RESULT_OK, Compression, Handoff, State, Superblock
 from ..kexec import KernelParameters, LoadSpec
 from ..machine import Machine, MachineLostError
-from ..memmap import DEFAULT_LOW, MemoryMap, Range, choose_region, save_map
+from ..memmap import DEFAULT_LOW, PAGE_SIZE, MemoryMap, Range, choose_region, save_map
 from ..target import ImageTarget
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 TARGET_ID_MAX = 64      # the handoff's and superblock's target id field
+
+# The image target must hold what the next image is expected to need, not
+# every page of RAM stored raw (docs/restart-points.md, "How large the image
+# target must be"): the memory map at the last image's ratio (its chunk
+# stream over the memory it saved) times RATIO_MARGIN plus RATIO_SLACK of the
+# memory, or FIRST_IMAGE_RATIO before any image was saved. A guess that is
+# too low costs a clean failed save (B finds the target full, A carries on).
+FIRST_IMAGE_RATIO = 0.5
+RATIO_MARGIN = 1.25
+RATIO_SLACK = 0.02
 
 
 @dataclass
@@ -153,6 +163,7 @@ class Hibernator:
         self._staged: LoadSpec | None = None
         self._lock = threading.Lock()
         self._wake_after: float | None = None    # this hibernation's suspend-then-hibernate delay
+        self._last_ratio: float | None = None    # the last saved image's chunk stream over its memory
 
     # --- planning ---------------------------------------------------------
 
@@ -203,11 +214,30 @@ class Hibernator:
             return 0
 
     def estimated_image_size(self) -> int:
-        """Worst-case image size (every page stored raw); real images are smaller."""
+        """The size the next image is expected to need (what the target must hold); 0 when unknown."""
         try:
-            return image.required_capacity(self._plan().memmap)
+            memmap = self._plan().memmap
+            with self._open_target(writable=False) as target:
+                return image.expected_capacity(memmap, self._expected_ratio(target))
         except (KjumpError, ValueError):
             return 0
+
+    def _expected_ratio(self, target: ImageTarget) -> float:
+        """The share of the memory's size the next image is expected to take, margin included.
+
+        The last image's ratio comes from the target's superblock while it
+        still describes a completed save (a resumed or discarded image keeps
+        its counts), else from the last one this daemon saw.
+        """
+        try:
+            last = image.read_superblock(target)
+        except FormatError:
+            last = None
+        if last is not None and last.result == RESULT_OK and last.stream_bytes and last.pages_total:
+            self._last_ratio = last.stream_bytes / (last.pages_total * PAGE_SIZE)
+        if self._last_ratio is None:
+            return FIRST_IMAGE_RATIO
+        return min(1.0, self._last_ratio * RATIO_MARGIN + RATIO_SLACK)
 
     def problems(self, *, force: bool = False) -> list[str]:
         """Why hibernation is not possible now; [] when it is."""
@@ -215,17 +245,19 @@ class Hibernator:
         try:
             with self._open_target(writable=True) as target:
                 capacity = target.capacity
+                ratio = self._expected_ratio(target)
         except KjumpError as exc:
             problems.append(str(exc))
         else:
             try:
                 plan = self._plan()
                 kexec.check_files(plan.spec)
-                need = image.required_capacity(plan.memmap)
+                need = image.expected_capacity(plan.memmap, ratio)
                 if capacity < need:
                     problems.append(
                         f"image target {self.settings.image_target} is too small: it holds {capacity} bytes, "
-                        f"saving {plan.memmap.total_bytes >> 20} MiB of memory may need {need} bytes")
+                        f"an image of {plan.memmap.total_bytes >> 20} MiB of memory is expected to need "
+                        f"{need} bytes ({ratio:.0%} of the memory)")
             except (KjumpError, ValueError) as exc:
                 problems.append(str(exc))
         for participant in self.participants:

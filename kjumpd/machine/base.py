@@ -239,6 +239,20 @@ class Machine(ABC):
         units frozen by the cgroup freezer say so in their ``cgroup.events``.
         """
 
+    def secret_memory_problems(self) -> list[str]:
+        """Memory that must never reach a disk (``memfd_secret``) in use, one line per holder; [] when none is known."""
+        return []
+
+    # --- keys (docs/encryption.md) ------------------------------------------
+
+    @abstractmethod
+    def ask_password(self, prompt: str) -> bytearray | None:
+        """Ask the person at the machine for a passphrase (C); None when they give up."""
+
+    @abstractmethod
+    def handed_key(self) -> bytearray | None:
+        """R: the image's data key C put in R's initramfs, read once (then gone); None when there is none."""
+
     # --- console ----------------------------------------------------------
 
     def console(self, message: str) -> None:

@@ -20,7 +20,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
-from .. import kexec
+from .. import kexec, seal
 from ..errors import MachineError
 from ..kexec import LoadSpec, Runner
 from ..memmap import Range, read_system_ram
@@ -425,6 +425,20 @@ class RealMachine(Machine):
             return self._read(f"/boot/config-{self.kernel_release()}")
         except MachineError:
             return None
+
+    def secret_memory_problems(self) -> list[str]:
+        """Processes holding ``memfd_secret`` memory (``/proc/PID/fd`` and ``maps``), as the kernel refuses to hibernate."""
+        return [f"process {pid} ({name}) holds memfd_secret memory, which must never be written to a disk "
+                "(the kernel's own hibernation refuses it too)"
+                for pid, name in seal.secret_memory_holders(self._path("/proc"))]
+
+    def ask_password(self, prompt: str) -> bytearray | None:
+        """plymouth, systemd-ask-password or the console, as cryptsetup's initramfs prompt."""
+        return seal.ask_passphrase(prompt)
+
+    def handed_key(self) -> bytearray | None:
+        """The key file C put at the root of R's initramfs."""
+        return seal.take_handed_key(self.root)
 
     def kernel_problems(self) -> list[str]:
         """Missing CONFIG_KEXEC / CONFIG_KEXEC_JUMP, kexec disabled, or lockdown forbidding kexec_load."""

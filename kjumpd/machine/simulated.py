@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .. import seal
 from ..errors import ImageError, MachineError
 from ..kexec import LoadSpec, check_files
 from ..memmap import Range
@@ -80,7 +81,12 @@ FAULTS = {
     "suspend_seconds": "how long S3 lasts before the person at the machine wakes it (an alarm may come first)",
     "b_power_error": "powering off or rebooting fails with this message in B (B returns to A)",
     "restore_crashes": "R's kernel panics this many times before its program runs (and reboots)",
+    "secret_memory": "a process of A holds memfd_secret memory (this text names it)",
 }
+# Lines typed at the console when a passphrase is asked, one per question (consumed).
+PASSPHRASE_FILE = "console-input"
+# The image key of C's initramfs (kjumpd/seal.py); absent: images are not encrypted.
+SECRET_KEY_FILE = "image-key.secret"
 
 
 def default_iomem(ram_size: int) -> str:
@@ -303,6 +309,41 @@ class SimulatedMachine(Machine):
 
     def _fault(self, name: str) -> Any:
         return self.hardware.get("faults", {}).get(name)
+
+    @property
+    def secret_key_path(self) -> str:
+        """Where C's initramfs of this machine keeps the image key (``kjumpctl key init --secret-key``)."""
+        return self._file(SECRET_KEY_FILE)
+
+    def secret_memory_problems(self) -> list[str]:
+        """The ``secret_memory`` fault, as the real machine words it."""
+        holder = self._fault("secret_memory")
+        return [f"{holder} holds memfd_secret memory, which must never be written to a disk"] if holder else []
+
+    def ask_password(self, prompt: str) -> bytearray | None:
+        """The next line of ``console-input`` in the machine directory; None when there is none left."""
+        self.console(prompt)
+        try:
+            with open(self._file(PASSPHRASE_FILE), "rb") as handle:
+                lines = handle.read().split(b"\n")
+        except FileNotFoundError:
+            return None
+        if not lines or lines == [b""]:
+            return None
+        with open(self._file(PASSPHRASE_FILE), "wb") as handle:
+            handle.write(b"\n".join(lines[1:]))
+        return bytearray(lines[0])
+
+    def handed_key(self) -> bytearray | None:
+        """The key archive at the front of the initrd C loaded R with, as R's kernel would unpack it."""
+        entry = self._state()["kexec"]
+        if not entry:
+            return None
+        try:
+            with open(entry["initrd"], "rb") as handle:
+                return seal.key_from_archive(handle.read(4096))
+        except OSError:
+            return None
 
     # --- workloads --------------------------------------------------------
 
@@ -636,7 +677,8 @@ class SimulatedMachine(Machine):
         self._update(running="C", boot_count=boot, boot_id=uuid.uuid4().hex, kexec=None, kexec_stale=False,
                      boot_outcome=None)
         self.record("power-on", boot=boot)
-        result = subprocess.run([_python(), "-m", "kjumpd.boot.resume", "--cmdline", self.kernel_command_line()],
+        result = subprocess.run([_python(), "-m", "kjumpd.boot.resume", "--cmdline", self.kernel_command_line(),
+                                 "--secret-key", self.secret_key_path],
                                 capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
         output = result.stdout + result.stderr
         with open(self._file(CONSOLE_FILE), "a", encoding="utf-8") as console:

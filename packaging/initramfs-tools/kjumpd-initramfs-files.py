@@ -26,6 +26,8 @@ What is listed:
 * OpenSSL's provider modules when the modules use cryptography (dlopened);
 * ``/etc/machine-id``: the check refuses an image whose machine id is not
   this installation's, so it cannot decide without it;
+* the passphrase-protected image key ``/etc/kjumpd/image-key.secret`` when
+  ``kjumpctl key init`` made one (docs/encryption.md);
 * from kjumpd's configuration: the hibernate kernel and initrd, copied to
   the places the resume check loads them from (the root file system is not
   mounted when it runs), and the image target and offset
@@ -163,12 +165,26 @@ def configured(config_dir: str) -> list[tuple[str, ...]] | None:
                  "nothing added to the initramfs, it cannot resume")
             return None
         lines.append(("file", path, dest))
+    lines.extend(image_key(conf.encryption, conf.public_key))
     if conf.image_target:
         lines.append(("env", "KJUMPD_TARGET", shlex.quote(conf.image_target)))
         lines.append(("env", "KJUMPD_OFFSET", str(conf.image_offset)))
     else:
         warn(f"no [Image] Target= in {where}; the initramfs resumes only with kjump.resume= on the kernel command line")
     return lines
+
+
+def image_key(encryption: str, public_key: str) -> list[tuple[str, ...]]:
+    """The passphrase-protected image key (``kjumpctl key init``), which the resume check needs to open
+    encrypted images (docs/encryption.md); a warning when images are sealed but it is missing."""
+    from kjumpd import seal
+
+    if Path(seal.SECRET_KEY_PATH).is_file():
+        return [("file", seal.SECRET_KEY_PATH, seal.SECRET_KEY_PATH)]
+    if encryption != "off" and Path(public_key).is_file():
+        warn(f"images are sealed to {public_key}, but {seal.SECRET_KEY_PATH} is missing: "
+             "this initramfs cannot resume them")
+    return []
 
 
 def boundary_ok() -> bool:
