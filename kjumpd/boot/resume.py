@@ -202,6 +202,9 @@ def _resume(machine: Machine, options: argparse.Namespace, words: list[kexec.Wor
         except FormatError as exc:
             machine.console(f"not resuming: the image superblock is unreadable: {exc}; normal boot")
             return EXIT_CONTINUE
+        if superblock.state == State.EMPTY:
+            machine.console(f"no hibernation image on {name}; normal boot")
+            return EXIT_CONTINUE
         if superblock.state not in OUTLIVES_NO_BOOT:
             detail = f" ({superblock.reason})" if superblock.reason else ""
             machine.console(f"not resuming: {name} {image.state_description(superblock.state)}{detail}; normal boot")
@@ -230,10 +233,10 @@ def _resume(machine: Machine, options: argparse.Namespace, words: list[kexec.Wor
             # marks the image, the next boot finds RESUMING and discards it.
             image.set_state(target, State.RESUMING, reason=f"resume attempted by boot {machine.boot_id()}")
             machine.kexec_load(spec)
-        except KjumpError as exc:
+        except Exception as exc:  # whatever stops the resume, the image must not outlive this boot
             if keyed is not None:
                 keyed.close()
-            return _discard(machine, target, name, offset, str(exc))
+            return _discard(machine, target, name, offset, str(exc) or type(exc).__name__)
     machine.console(f"resuming the hibernated system from {name}")
     try:
         machine.kexec_execute()
