@@ -12,6 +12,7 @@ with B's reason).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .. import image, kexec
+from .. import image, kexec, seal
 from ..errors import FormatError, ImageError, KjumpError, MachineError, RefusedError
 from ..format import RESTART_POINTS, RESULT_OK, Compression, Handoff, State, Superblock
 from ..kexec import KernelParameters, LoadSpec
@@ -54,6 +55,8 @@ class HibernateSettings:
     initrd: str = ""             # its initramfs
     region_size: int = 256 << 20
     kernel_arguments: str = ""   # extra arguments for B/R
+    encryption: str = "auto"     # auto: seal images when the public key exists; on: always; off: never
+    public_key: str = seal.PUBLIC_KEY_PATH
 
 
 class Cancellation:
@@ -239,9 +242,25 @@ class Hibernator:
             return FIRST_IMAGE_RATIO
         return min(1.0, self._last_ratio * RATIO_MARGIN + RATIO_SLACK)
 
+    def recipient(self) -> bytes:
+        """The public key images are sealed to (docs/encryption.md), b"" for plain images.
+
+        KjumpError when encryption is on but the key is missing, or a key
+        file exists but is not valid (never silently plain then).
+        """
+        mode = self.settings.encryption
+        if mode == "off" or (mode == "auto" and not os.path.exists(self.settings.public_key)):
+            return b""
+        return seal.load_public_key(self.settings.public_key)
+
     def problems(self, *, force: bool = False) -> list[str]:
         """Why hibernation is not possible now; [] when it is."""
         problems: list[str] = list(self.machine.kernel_problems())
+        try:
+            self.recipient()
+        except KjumpError as exc:
+            problems.append(f"images are to be encrypted, but {exc}")
+        problems.extend(self.machine.secret_memory_problems())
         try:
             with self._open_target(writable=True) as target:
                 capacity = target.capacity
@@ -391,7 +410,7 @@ class Hibernator:
             raise RefusedError(f"cannot identify this machine: {exc}") from exc
         handoff = Handoff(identity, restart_point, Compression.parse(self.settings.compression),
                           plan.region.start, plan.region.size, plan.low.start, plan.low.size, plan.memmap,
-                          sequence, time.time_ns(), plan.target_id)
+                          sequence, time.time_ns(), plan.target_id, self.recipient())
         with self._open_target(writable=True) as target:
             try:
                 # A blank superblock first (sequence 0): only B writes this
@@ -463,6 +482,7 @@ class Hibernator:
                         details.setdefault("after-jump-problems", []).append(str(exc))  # type: ignore[union-attr]
         progress("done", 1.0)
         if superblock is not None:
+            details["encrypted"] = bool(superblock.seal)       # as B wrote it (docs/encryption.md)
             durations["save"] = superblock.save_duration_ns / 1e9
             if superblock.restore_duration_ns:
                 durations["restore"] = superblock.restore_duration_ns / 1e9
