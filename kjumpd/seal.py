@@ -32,8 +32,8 @@ import shutil
 import struct
 import subprocess
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from .errors import FormatError, ImageError
-from .format import SEAL_SIZE, ChunkHeader, Handoff, Superblock, Trailer
+from .format import AEAD_TAG_SIZE, SEAL_SIZE, ChunkHeader, Handoff, Superblock, Trailer
 
 PUBLIC_KEY_PATH = "/etc/kjumpd/image-key.pub"
 SECRET_KEY_PATH = "/etc/kjumpd/image-key.secret"
@@ -53,7 +53,7 @@ SECRET_KEY_PATH = "/etc/kjumpd/image-key.secret"
 HANDED_KEY_NAME = "kjumpd-resume.key"
 
 KEY_SIZE = 32
-TAG_SIZE = 16
+TAG_SIZE = AEAD_TAG_SIZE
 NONCE_SIZE = 12
 ALGORITHM_X25519_AES256GCM = 1
 _PUBLIC_PREFIX = "kjumpd-x25519"
@@ -161,7 +161,7 @@ class SecretKeyFile:
     raw: bytes
 
     @classmethod
-    def parse(cls, data: bytes, where: str = "secret key file") -> "SecretKeyFile":
+    def parse(cls, data: bytes, where: str = "secret key file") -> SecretKeyFile:
         """Check the framing (not the passphrase); KeyFileError if it is not a kjumpd secret key file."""
         if len(data) != SECRET_FILE_SIZE:
             raise KeyFileError(f"{where} is not a kjumpd secret key file ({len(data)} bytes, "
@@ -176,7 +176,7 @@ class SecretKeyFile:
         return cls(public, cost, data)
 
     @classmethod
-    def load(cls, path: str = SECRET_KEY_PATH) -> "SecretKeyFile":
+    def load(cls, path: str = SECRET_KEY_PATH) -> SecretKeyFile:
         """Read and parse a secret key file; KeyFileError naming it when that fails."""
         try:
             with open(path, "rb") as handle:
@@ -237,7 +237,7 @@ class Envelope:
         return not any(self.sealed_key)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Envelope":
+    def unpack(cls, data: bytes) -> Envelope:
         """Parse the superblock's seal; ImageError for an algorithm this kjumpd does not know."""
         algorithm, zero, kid, uuid, ephemeral, sealed, tag = _ENVELOPE.unpack(data)
         if algorithm != ALGORITHM_X25519_AES256GCM or zero:

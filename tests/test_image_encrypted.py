@@ -247,10 +247,18 @@ def test_no_key_for_an_encrypted_image_is_refused_untouched(saved):
         image.verify(target, deep=True)
 
 
-def test_wrong_passphrase_never_yields_a_key(saved, keys):
-    img = saved[0]
-    with pytest.raises(seal.WrongPassphrase):
-        keys[1].unlock(b"Passphrase")
+def test_wrong_passphrase_yields_no_key_and_touches_nothing(saved, keys, tmp_path):
+    """C's unlocking with three wrong passphrases: refused, the image and destination as they were."""
+    img, sb, _, dest, _ = saved
+    secret = tmp_path / "image-key.secret"
+    secret.write_bytes(keys[1].raw)
+    before = digest(img), digest(dest)
+    answers = [bytearray(b"Passphrase"), bytearray(b"passphrase "), bytearray(b"")]
+    said = []
+    with pytest.raises(ImageError, match="not unlocked"):
+        seal.unlock_image_key(sb.seal, str(secret), lambda prompt: answers.pop(0), said.append)
+    assert said == [f"wrong passphrase ({n} of 3)" for n in (1, 2, 3)]
+    assert (digest(img), digest(dest)) == before
 
 
 def test_an_image_for_another_key_pair_is_refused(saved):
@@ -321,7 +329,7 @@ def test_truncation_at_every_chunk_boundary_is_refused_untouched(saved):
     data = img.read_bytes()
     position = DATA_OFFSET
     cuts = []
-    for header, stored in parse(img).chunks:
+    for header, _ in parse(img).chunks:
         cuts.append(position)
         position += header.total
     for cut in cuts + [position]:

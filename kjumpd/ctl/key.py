@@ -112,7 +112,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``kjumpctl key …``."""
     parser = sub.add_parser("key", help="the key pair that encrypts hibernation images",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
