@@ -271,3 +271,17 @@ def test_runner_usage(runner_env: dict[str, str], args: list[str]) -> None:
 def test_hook_runner_usage(tmp_path: Path, args: list[str]) -> None:
     result = run_hooks([tmp_path], *args)
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_writable_paths_made_at_start_may_be_missing_when_the_namespace_is_set_up() -> None:
+    """systemd sets up the mount namespace of every command, ExecStartPre="+…" included
+    (systemd 252), before that command runs: a ReadWritePaths= directory that the
+    unit's own ExecStartPre makes (/run/systemd/sleep.conf.d after every boot) must be
+    "-"-prefixed, or the service fails with 226/NAMESPACE before it ever starts (seen
+    in the system test, tests/system)."""
+    text = (UNITS / "kjumpd.service").read_text()
+    made = set(re.findall(r"^ExecStartPre=\S*mkdir -p (\S+)$", text, re.M))
+    for line in re.findall(r"^ReadWritePaths=(.*)$", text, re.M):
+        for path in line.split():
+            if path.lstrip("-") in made:
+                assert path.startswith("-"), f"ReadWritePaths={path} is made by ExecStartPre: write -{path}"
