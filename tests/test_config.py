@@ -116,4 +116,4 @@ def test_parse_size_rejects(text: str) -> None:
 
 def test_unknown_sleep_operation() -> None:
     with pytest.raises(ConfigError, match="unknown sleep operation"):
-        Config().restart_point_for("suspend-then-hibernate")
+        Config().restart_point_for("nap")
