@@ -206,6 +206,13 @@ i=0; while [ ! -e {log}/{other}.started ] && [ $i -lt 200 ]; do sleep 0.05; i=$(
     assert (log / "a.saw-b").exists() and (log / "b.saw-a").exists()
 
 
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_scripts_pass_shellcheck() -> None:
+    result = subprocess.run(["shellcheck", "--severity=info", str(RUNNER), str(HOOKS)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
 def test_a_hung_hook_is_killed(tmp_path: Path) -> None:
     """Issue 10.3: like systemd-sleep, the runner waits for a hook only for a while."""
     log = tmp_path / "log"
