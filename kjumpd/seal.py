@@ -392,16 +392,16 @@ def ask_passphrase(prompt: str, console: str = "/dev/console") -> bytearray | No
         return _run_asker([asker, "--timeout=0", prompt])
     fd = os.open(console, os.O_RDWR | os.O_NOCTTY)
     try:
-        os.write(fd, f"{prompt} ".encode())
         try:
             saved = termios.tcgetattr(fd)
         except termios.error:
             saved = None
-        if saved is not None:
+        if saved is not None:           # echo off before the prompt: nothing typed after it shows
             quiet = list(saved)
             quiet[3] &= ~termios.ECHO
             termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
         try:
+            os.write(fd, f"{prompt} ".encode())
             answer = bytearray()
             while not answer.endswith(b"\n"):
                 byte = os.read(fd, 1)
@@ -410,7 +410,7 @@ def ask_passphrase(prompt: str, console: str = "/dev/console") -> bytearray | No
                 answer += byte
         finally:
             if saved is not None:
-                termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
             os.write(fd, b"\n")
         del answer[-1:]
         return answer

@@ -458,3 +458,21 @@ def test_capacity_counts_the_tags(tmp_path, keys):
     header = parse(img).chunks[0][0]
     assert header.stored_len == header.raw_len + 16
     assert struct.unpack_from("<H", header.pack(), 6)[0] == CHUNK_FLAG_ENCRYPTED
+
+
+def test_an_image_for_another_key_is_refused_before_the_passphrase_is_asked(saved, tmp_path):
+    _, sb, _, _, _ = saved
+    _, other = seal.generate_key_pair(b"passphrase", CHEAP)
+    secret = tmp_path / "image-key.secret"
+    secret.write_bytes(other)
+    asked = []
+    with pytest.raises(ImageError, match="sealed to another key"):
+        seal.unlock_image_key(sb.seal, str(secret), asked.append, print)
+    assert asked == [], "nobody is asked for a passphrase that cannot open the image"
+
+
+def test_no_secret_key_file_refuses_an_encrypted_image_and_accepts_a_plain_one(saved, tmp_path):
+    _, sb, _, _, _ = saved
+    with pytest.raises(ImageError, match="no secret key"):
+        seal.unlock_image_key(sb.seal, str(tmp_path / "missing"), lambda prompt: None, print)
+    assert seal.unlock_image_key(b"", str(tmp_path / "missing"), lambda prompt: None, print) is None

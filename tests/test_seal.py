@@ -183,3 +183,61 @@ def test_a_forged_low_order_ephemeral_key_is_refused_as_corrupt(pair):
     forged = dataclasses.replace(envelope, ephemeral=bytes(32), sealed_key=b"\x01" * 48)
     with pytest.raises(ImageError, match="invalid ephemeral key"):
         seal.unseal_key(forged, secret.unlock(b"correct horse"))
+
+
+def test_secret_memory_holders_finds_open_and_mapped_secretmem(tmp_path):
+    """A fake /proc: one process with a memfd_secret descriptor, one with only a mapping, one without."""
+    proc = tmp_path / "proc"
+    for pid, name, fd_target, maps in ((10, "keeper", seal.SECRETMEM_NAME, ""),
+                                       (20, "mapper", "/dev/null",
+                                        f"7f00-7f01 rw-s 00000000 00:0e 1234     {seal.SECRETMEM_NAME}\n"),
+                                       (30, "plain", "/etc/passwd", "7f00-7f01 r--p 00000000 08:01 5 /usr/bin/sh\n")):
+        (proc / str(pid) / "fd").mkdir(parents=True)
+        (proc / str(pid) / "fd" / "3").symlink_to(fd_target)
+        (proc / str(pid) / "maps").write_text(maps)
+        (proc / str(pid) / "comm").write_text(name + "\n")
+    (proc / "self").mkdir()
+    assert seal.secret_memory_holders(str(proc)) == [(10, "keeper"), (20, "mapper")]
+
+
+def test_secret_memory_holders_sees_a_real_memfd_secret():
+    """The real kernel: this process's memfd_secret shows, by the name the kernel gives it."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(447, 0)                   # memfd_secret (x86_64)
+    if fd < 0:
+        pytest.skip(f"memfd_secret is not available here: {os.strerror(ctypes.get_errno())}")
+    try:
+        assert (os.getpid(), open("/proc/self/comm").read().strip()) in seal.secret_memory_holders()
+    finally:
+        os.close(fd)
+    assert os.getpid() not in [pid for pid, _ in seal.secret_memory_holders()]
+
+
+def test_the_console_prompt_reads_with_echo_off(monkeypatch):
+    """No plymouth, no systemd: the passphrase is read from the console with echo off, then echo is back."""
+    import pty
+    import termios
+    monkeypatch.setattr(seal.shutil, "which", lambda name: None)
+    import threading
+    master, slave = pty.openpty()
+    shown = bytearray()
+
+    def person() -> None:           # types once the prompt is on the screen
+        while b"Passphrase:" not in shown:
+            shown.extend(os.read(master, 4096))
+        os.write(master, b"s3cret words\n")
+        while not shown.endswith(b"\n"):
+            shown.extend(os.read(master, 4096))
+
+    typing = threading.Thread(target=person)
+    typing.start()
+    try:
+        answer = seal.ask_passphrase("Passphrase:", console=os.ttyname(slave))
+        typing.join(10)
+        assert answer == bytearray(b"s3cret words")
+        assert termios.tcgetattr(slave)[3] & termios.ECHO, "echo is restored"
+        assert b"s3cret" not in shown, "the passphrase was echoed"
+    finally:
+        os.close(master)
+        os.close(slave)
