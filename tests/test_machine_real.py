@@ -366,6 +366,18 @@ def test_units_left_frozen_are_thawed_at_start(root: Path) -> None:
     assert ("run", ["systemctl", "thaw", "--", "user.slice"]) in rec.calls
 
 
+def test_no_systemctl_leaves_user_space_running(root: Path) -> None:
+    """A machine with cgroup v2 but without systemd (the VM test's guest): logged, never fatal."""
+    cgroup_tree(root)
+
+    def missing(argv):
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    m = RealMachine(str(root), runner=missing, reboot_call=Recorder().reboot, ioctl=Recorder().ioctl)
+    assert m.freeze_user_space() == []
+    assert m.thaw_user_space(["user.slice"]) == ["cannot thaw user.slice: cannot run systemctl: No such file or directory"]
+
+
 def test_no_unified_cgroup_hierarchy_no_freezer(root: Path) -> None:
     rec = Recorder()
     assert machine(root, rec).freeze_user_space() == []

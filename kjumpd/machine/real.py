@@ -564,21 +564,31 @@ class RealMachine(Machine):
         units = self.user_space_units()
         if not units:
             return []
-        result = self._runner(["systemctl", "freeze", "--", *units])
+        said = self._systemctl("freeze", units)
         frozen = [u for u in units if self._frozen(self._unit_path(u))]
         missed = [u for u in units if u not in frozen]
         if missed:
             log.warning("user space only partly stopped (systemctl freeze: %s); still running: %s",
-                        (result.stderr or "").strip() or f"exit status {result.returncode}", ", ".join(missed))
+                        said or "no error", ", ".join(missed))
         return frozen
+
+    def _systemctl(self, verb: str, units: Sequence[str]) -> str:
+        """``systemctl VERB -- UNITS``; returns its complaint ("" on success), never raises."""
+        try:
+            result = self._runner(["systemctl", verb, "--", *units])
+        except OSError as exc:          # no systemctl (a machine without systemd)
+            return f"cannot run systemctl: {exc.strerror or exc}"
+        if result.returncode == 0:
+            return ""
+        return (result.stderr or "").strip() or f"exit status {result.returncode}"
 
     def thaw_user_space(self, units: Sequence[str]) -> list[str]:
         """``systemctl thaw`` of ``units``."""
         if not units:
             return []
-        result = self._runner(["systemctl", "thaw", "--", *reversed(list(units))])
-        if result.returncode != 0:
-            problem = f"cannot thaw {', '.join(units)}: {(result.stderr or '').strip()}"
+        said = self._systemctl("thaw", list(reversed(list(units))))
+        if said:
+            problem = f"cannot thaw {', '.join(units)}: {said}"
             log.error("%s", problem)
             return [problem]
         return []
