@@ -30,6 +30,8 @@ include packaging/deb.mk
 -include tests/system/system.mk
 # make fuzz (not part of make check).
 -include tests/fuzz/fuzz.mk
+# make vm-bench: kjumpd against swsusp in the VM test's guest (not part of make check).
+-include tests/vm/bench.mk
 
 # Debian packages first (the venv sees them through --system-site-packages),
 # then only pure-Python tools from PyPI. venv.txt is what creating the venv and
