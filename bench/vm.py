@@ -90,6 +90,7 @@ def prepare(workdir: Path, logdir: Path, kernel: Path, compression: str) -> tupl
     """B/R's initramfs, A's root file system (pristine copy kept), C's initramfs, the image disk."""
     initramfs.build(str(workdir / "initramfs.img"))
     stage = workdir / "stage"
+    shutil.rmtree(stage, ignore_errors=True)        # build_stage fills an empty directory
     vm_rootfs.build_stage(stage, kernel=kernel, initramfs=workdir / "initramfs.img", compression=compression)
     c_initrd = workdir / "c-initramfs.img"
     vm_rootfs.build_c_initramfs(c_initrd, stage)
