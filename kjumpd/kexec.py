@@ -132,7 +132,7 @@ def kernel_command_line(params: KernelParameters) -> str:
         raise MachineError(f"the B region {region} is not page aligned")
     if region.size <= ELFCOREHDR_RESERVE:
         raise MachineError(f"the B region {region} is too small to boot a kernel in")
-    if not params.target or any(ch.isspace() for ch in params.target):
+    if not params.target or any(ch.isspace() or ch == '"' for ch in params.target):
         raise MachineError(f"image target {params.target!r} cannot be passed on a kernel command line")
     words = [
         "memmap=exactmap",

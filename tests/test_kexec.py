@@ -237,3 +237,12 @@ def test_console_words_carry_only_validated_values(line: str, consoles: list[str
     for word in words:
         assert kexec.parse_command_line(word) == {word.split("=")[0]: word.split("=", 1)[1]}
     assert len(dropped) == len(kexec.split_command_line(line)) - len(consoles) - line.count("quiet")
+
+
+@pytest.mark.parametrize("target", ["/dev/disk/by-id/a b", '/dev/a"b', ""])
+def test_target_that_would_change_the_command_line_is_refused(target: str) -> None:
+    """A double quote in the target would open a quoted run in R's or B's command line and
+    swallow the parameters after it (issue 16.4: only checked values reach the line)."""
+    p = params(VM_1G)
+    with pytest.raises(MachineError, match="cannot be passed on a kernel command line"):
+        kexec.kernel_command_line(kexec.KernelParameters(ram=p.ram, region=p.region, role="restore", target=target))
