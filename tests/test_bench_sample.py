@@ -142,7 +142,8 @@ def test_page_counts_add_up_and_stay_within_a_page(pages: int, weights: list[int
 
 # --- bench/image.py end to end (no timing is asserted) ----------------------
 
-OPERATIONS = ["ours save", "ours verify", "ours restore", "lz4 -1", "lz4 -d", "zstd -1 -T2", "cp"]
+OPERATIONS = ["ours save", "ours verify", "ours restore", "sealed save", "sealed verify", "sealed restore",
+              "lz4 -1", "lz4 -d", "zstd -1 -T2", "cp"]
 
 
 def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
