@@ -63,7 +63,7 @@ lint: $(VENV)/.test-stamp
 
 # Lint first (cheap, fails early), then every test; the packaging tools
 # (packaging/deps/deb.txt) are installed so the packaging tests run too.
-check: lint $(DEB_DEPS_STAMP)
+check: lint $(VENV)/.test-stamp $(DEB_DEPS_STAMP)
 	@$(call pytest,umockdev-wrapper,-q)
 
 check-fast: $(VENV)/.test-stamp
