@@ -21,6 +21,7 @@ the disk, and a disk may hold anything).
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -82,7 +83,7 @@ class Compression(IntEnum):
     ZSTD = 2
 
     @classmethod
-    def parse(cls, name: str) -> "Compression":
+    def parse(cls, name: str) -> Compression:
         """Map ``lz4``/``zstd``/``none`` to a member, with a clear error otherwise."""
         try:
             return cls[name.upper()]
@@ -279,7 +280,7 @@ class MemoryMapRecord(_Record):
             if len(tail) != 16 * count:
                 raise FormatError("memory map extent list has the wrong length")
             pairs = list(struct.iter_unpack("<QQ", tail))
-            for (start, pages), (following, _) in zip(pairs, pairs[1:]):
+            for (start, pages), (following, _) in itertools.pairwise(pairs):
                 if pages == 0 or following <= start + pages:
                     raise FormatError("memory map extents are empty, overlap, touch or are not in order")
             if pairs and pairs[-1][1] == 0:
@@ -335,12 +336,12 @@ class Identity:
                                 self.layout_fingerprint, self.machine_fingerprint)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "Identity":
+    def unpack(cls, raw: bytes) -> Identity:
         """Inverse of :meth:`pack`; FormatError for a kernel release that is not padded UTF-8."""
         boot, machine, release, layout, fp = cls.STRUCT.unpack(raw)
         return cls(boot, machine, _uncstr(release, "kernel release"), layout, fp)
 
-    def mismatch(self, other: "Identity") -> str | None:
+    def mismatch(self, other: Identity) -> str | None:
         """Why an image of ``self`` cannot resume on a machine that is ``other``; None if it can."""
         if self.machine_id != other.machine_id:
             return "the image belongs to another installation (machine id differs)"
@@ -377,7 +378,7 @@ class Handoff:
         return HandoffRecord.pack(self)
 
     @classmethod
-    def unpack(cls, data: bytes | memoryview) -> "Handoff":
+    def unpack(cls, data: bytes | memoryview) -> Handoff:
         """Parse and check a handoff; FormatError when it is not valid."""
         return HandoffRecord.unpack(data)
 
@@ -463,7 +464,7 @@ class Superblock:
     wiped_ns: int = 0
     seal: bytes = b""           # the envelope of an encrypted image (kjumpd.seal.Envelope); empty: plain
 
-    def evolve(self, **changes: object) -> "Superblock":
+    def evolve(self, **changes: object) -> Superblock:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
@@ -481,7 +482,7 @@ class Superblock:
         return SuperblockRecord.pack(self)
 
     @classmethod
-    def unpack(cls, data: bytes | memoryview) -> "Superblock":
+    def unpack(cls, data: bytes | memoryview) -> Superblock:
         """Parse; FormatError unless the block holds a valid superblock (a blank block does not)."""
         return SuperblockRecord.unpack(data)
 
@@ -606,7 +607,7 @@ class ChunkHeader:
         return ChunkRecord.pack(self)
 
     @classmethod
-    def unpack(cls, data: bytes | memoryview) -> "ChunkHeader":
+    def unpack(cls, data: bytes | memoryview) -> ChunkHeader:
         """Parse and check a chunk header."""
         return ChunkRecord.unpack(data)
 
@@ -665,7 +666,7 @@ class Trailer:
         return TrailerRecord.pack(self)
 
     @classmethod
-    def unpack(cls, data: bytes | memoryview) -> "Trailer":
+    def unpack(cls, data: bytes | memoryview) -> Trailer:
         """Parse and check a trailer."""
         return TrailerRecord.unpack(data)
 
@@ -694,7 +695,7 @@ class TrailerRecord(_Record):
         return Trailer(*fields[4:9])
 
 
-def stream_checksum_update(state: "xxhash.xxh3_64", header: bytes | memoryview) -> None:
+def stream_checksum_update(state: xxhash.xxh3_64, header: bytes | memoryview) -> None:
     """Fold one chunk into the running stream checksum: its header and zero bitmap, as stored.
 
     The header holds the payload's checksums and everything that decides

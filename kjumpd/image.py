@@ -30,19 +30,40 @@ import threading
 import time
 import uuid as uuidlib
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import lz4.block
 import xxhash
 import zstandard
 
-from .errors import FormatError, ImageError
 from . import seal as sealing
-from .format import (AEAD_TAG_SIZE, ALIGN, CHUNK_FLAG_ENCRYPTED, CHUNK_HEADER_SIZE, CHUNK_FLAG_STORED_RAW, DATA_OFFSET, HANDOFF_MAX, HANDOFF_OFFSET,
-                     MAX_CHUNK_PAGES, RESULT_OK, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, ChunkHeader, Compression,
-                     Handoff, Identity, State, Superblock, Trailer, checksum, stream_checksum_update)
+from .errors import FormatError, ImageError
+from .format import (
+    AEAD_TAG_SIZE,
+    ALIGN,
+    CHUNK_FLAG_ENCRYPTED,
+    CHUNK_FLAG_STORED_RAW,
+    CHUNK_HEADER_SIZE,
+    DATA_OFFSET,
+    HANDOFF_MAX,
+    HANDOFF_OFFSET,
+    MAX_CHUNK_PAGES,
+    RESULT_OK,
+    SUPERBLOCK_OFFSET,
+    SUPERBLOCK_SIZE,
+    ChunkHeader,
+    Compression,
+    Handoff,
+    Identity,
+    State,
+    Superblock,
+    Trailer,
+    checksum,
+    stream_checksum_update,
+)
 from .memmap import PAGE_SIZE, MemoryMap
 from .physmem import PhysicalMemory
 from .target import ImageTarget

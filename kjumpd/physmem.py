@@ -39,7 +39,7 @@ class PhysicalMemory(ABC):
     def close(self) -> None:
         """Release the underlying file."""
 
-    def __enter__(self) -> "PhysicalMemory":
+    def __enter__(self) -> PhysicalMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -31,9 +31,9 @@ import stat
 import struct
 import subprocess
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 from .errors import FormatError, ImageError
 from .format import DATA_OFFSET, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, State, Superblock, SuperblockRecord
@@ -210,7 +210,7 @@ class ImageTarget:
 
     @classmethod
     def open(cls, path: str, *, offset: int = 0, capacity: int | None = None,
-             writable: bool = True) -> "ImageTarget":
+             writable: bool = True) -> ImageTarget:
         """Open an initialised target, exclusively when it is a block device.
 
         Raises ImageError with the reason when the target is missing, busy,
@@ -228,7 +228,7 @@ class ImageTarget:
 
     @classmethod
     def open_unclaimed(cls, path: str, *, offset: int = 0, capacity: int | None = None,
-                       writable: bool = True) -> "ImageTarget":
+                       writable: bool = True) -> ImageTarget:
         """Open without checking what the target holds (``kjumpctl target init`` only).
 
         A block device is still opened exclusively (Linux: ``O_EXCL`` without
@@ -244,7 +244,7 @@ class ImageTarget:
         return cls._from_fd(path, fd, offset, capacity, writable)
 
     @classmethod
-    def create(cls, path: str, size: int) -> "ImageTarget":
+    def create(cls, path: str, size: int) -> ImageTarget:
         """Create a new regular file of ``size`` bytes (mode 0600) and initialise it as a target.
 
         ``O_CREAT|O_EXCL|O_NOFOLLOW``: refuses an existing file or a symbolic
@@ -277,7 +277,7 @@ class ImageTarget:
         return target
 
     @classmethod
-    def _from_fd(cls, path: str, fd: int, offset: int, capacity: int | None, writable: bool) -> "ImageTarget":
+    def _from_fd(cls, path: str, fd: int, offset: int, capacity: int | None, writable: bool) -> ImageTarget:
         try:
             info = os.fstat(fd)
             block = stat.S_ISBLK(info.st_mode)
@@ -350,7 +350,8 @@ class ImageTarget:
         found: list[str] = []
         if superblock is None and block.startswith(SuperblockRecord.MAGIC):
             found.append(f"a kjumpd superblock this kjumpd cannot use ({problem})")
-        elif superblock is not None and superblock.state in (State.SAVING, State.SAVED, State.RESUMING, State.RESTORING):
+        elif superblock is not None and superblock.state in (State.SAVING, State.SAVED, State.RESUMING,
+                                                             State.RESTORING):
             found.append(f"a kjumpd hibernation image in state {superblock.state.name}")
         found += [str(s) for s in self.signatures()]
         if superblock is None and not found and any(self.read(0, min(self.capacity, DATA_OFFSET))):
@@ -464,7 +465,7 @@ class ImageTarget:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "ImageTarget":
+    def __enter__(self) -> ImageTarget:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,8 +17,8 @@ import platform
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from .. import image
 from ..errors import FormatError, ImageError

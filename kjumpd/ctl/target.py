@@ -53,7 +53,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``kjumpctl target …``."""
     parser = sub.add_parser("target", help="make a device or file kjumpd's image target",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
