@@ -41,29 +41,10 @@ import zstandard
 
 from . import seal as sealing
 from .errors import FormatError, ImageError
-from .format import (
-    AEAD_TAG_SIZE,
-    ALIGN,
-    CHUNK_FLAG_ENCRYPTED,
-    CHUNK_FLAG_STORED_RAW,
-    CHUNK_HEADER_SIZE,
-    DATA_OFFSET,
-    HANDOFF_MAX,
-    HANDOFF_OFFSET,
-    MAX_CHUNK_PAGES,
-    RESULT_OK,
-    SUPERBLOCK_OFFSET,
-    SUPERBLOCK_SIZE,
-    ChunkHeader,
-    Compression,
-    Handoff,
-    Identity,
-    State,
-    Superblock,
-    Trailer,
-    checksum,
-    stream_checksum_update,
-)
+from .format import (AEAD_TAG_SIZE, ALIGN, CHUNK_FLAG_ENCRYPTED, CHUNK_FLAG_STORED_RAW, CHUNK_HEADER_SIZE,
+                     DATA_OFFSET, HANDOFF_MAX, HANDOFF_OFFSET, MAX_CHUNK_PAGES, RESULT_OK, SUPERBLOCK_OFFSET,
+                     SUPERBLOCK_SIZE, ChunkHeader, Compression, Handoff, Identity, State, Superblock, Trailer,
+                     checksum, stream_checksum_update)
 from .memmap import PAGE_SIZE, MemoryMap
 from .physmem import PhysicalMemory
 from .target import ImageTarget
