@@ -633,8 +633,9 @@ def verify(target: ImageTarget, *, deep: bool = False, progress: Progress | None
     """Check every record and every chunk's checksums of a restorable image; ImageError why not.
 
     That proves every stored byte is what B wrote. ``deep`` also decodes
-    every chunk and checks the decoded pages (what restore does before it
-    writes anything); for an encrypted image it needs the data ``key``, with
+    every chunk and checks the decoded pages (what restore checks of each
+    chunk before writing it; an admin's check of the whole image, which C
+    and R do not need); for an encrypted image it needs the data ``key``, with
     which every chunk is authenticated.
     """
     superblock, handoff = _usable(target)

@@ -320,7 +320,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = add("verify", cmd_verify, "check every record and chunk of IMAGE; exit 1 with the reason if invalid")
     v.add_argument("image", metavar="IMAGE")
     v.add_argument("--deep", action="store_true",
-                   help="also decompress every chunk and check the pages (what a restore does first)")
+                   help="also decompress every chunk and check the pages (what a restore checks of each chunk "
+                        "before writing it)")
     r = add("restore", cmd_restore, "write the pages of IMAGE into DEST (a memory file), checking each chunk first; "
                                     "an existing DEST is written only after the whole image was verified")
     r.add_argument("image", metavar="IMAGE")
