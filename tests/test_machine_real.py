@@ -416,3 +416,42 @@ def test_suspend_without_an_rtc_fails_before_sleeping(root: Path) -> None:
     with pytest.raises(MachineError, match="cannot set the RTC wake alarm"):
         m.suspend_to_ram(alarm=3600)
     assert (root / "sys/power/state").read_text() == "freeze mem disk\n"
+
+
+def _gpt_disk(path: Path, partitions: list[tuple[str, str]]) -> None:
+    """A disk image with a GPT (512-byte sectors) naming ``partitions`` as (unique GUID, name)."""
+    import struct
+    import uuid
+
+    entries = b"".join(uuid.uuid4().bytes_le + uuid.UUID(guid).bytes_le + struct.pack("<QQQ", 2048, 4095, 0)
+                       + name.encode("utf-16-le").ljust(72, b"\0") for guid, name in partitions)
+    header = b"EFI PART" + struct.pack("<IIIIQQQQ16sQIII", 0x10000, 92, 0, 0, 1, 0, 34, 0, bytes(16), 2,
+                                       len(partitions), 128, 0)
+    path.write_bytes(bytes(512) + header.ljust(512, b"\0") + entries.ljust(16384, b"\0"))
+
+
+def test_resolve_target_finds_partitions_without_udev_or_blkid(root: Path) -> None:
+    """B's initramfs has no udev (no /dev/disk links) and Debian's static busybox
+    has no blkid: by-partlabel names (the documented form) and by-partuuid names
+    (what A records when the target has one) are found from sysfs and the GPT.
+    B said "No such file or directory: 'blkid'" and saved nothing."""
+    _gpt_disk(root / "dev/vdb", [("0d2f0a1e-3c4b-4d5e-8f90-a1b2c3d4e5f6", "kjump-image")])
+    (root / "dev/vdb1").write_bytes(b"")
+    for name, devtype, extra in (("vdb", "disk", ""), ("vdb1", "partition", "PARTN=1\nPARTNAME=kjump-image\n")):
+        device = root / "sys/devices/pci0000:00/0000:00:04.0/virtio1/block/vdb" / (name if name != "vdb" else "")
+        device.mkdir(parents=True, exist_ok=True)
+        (device / "uevent").write_text(f"MAJOR=254\nMINOR=0\nDEVNAME={name}\nDEVTYPE={devtype}\n{extra}")
+        (root / "sys/class/block").mkdir(parents=True, exist_ok=True)
+        (root / "sys/class/block" / name).symlink_to(os.path.relpath(device, root / "sys/class/block"))
+
+    class NoBlkid(Recorder):
+        def runner(self, argv):
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    m = machine(root, NoBlkid())
+    assert m.resolve_target("/dev/disk/by-partlabel/kjump-image") == str(root / "dev/vdb1")
+    assert m.resolve_target("/dev/disk/by-partuuid/0d2f0a1e-3c4b-4d5e-8f90-a1b2c3d4e5f6") == str(root / "dev/vdb1")
+    with pytest.raises(MachineError, match="by-partlabel/other not found"):
+        m.resolve_target("/dev/disk/by-partlabel/other")
+    with pytest.raises(MachineError, match="by-uuid/1234 not found"):
+        m.resolve_target("/dev/disk/by-uuid/1234")

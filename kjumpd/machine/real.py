@@ -17,7 +17,9 @@ import hashlib
 import logging
 import os
 import stat
+import struct
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 from .. import kexec, seal
@@ -357,22 +359,65 @@ class RealMachine(Machine):
     # --- block devices ----------------------------------------------------
 
     def resolve_target(self, name: str) -> str:
-        """The path itself when it exists, else ask blkid for a by-uuid/by-partuuid name.
+        """The path itself when it exists; else the partition a ``by-partlabel``
+        or ``by-partuuid`` name means, from sysfs and the GPT; else blkid's
+        answer for a ``by-uuid`` or ``by-label`` name, where blkid exists.
 
-        B's initramfs may have no udev, so ``/dev/disk/by-*`` links can be missing there.
+        B's initramfs has no udev, so ``/dev/disk/by-*`` links are missing
+        there, and Debian's static busybox has no blkid.
         """
         path = self._path(name)
         if os.path.exists(path):
             return path
         head, _, value = name.rpartition("/")
-        tags = {"/dev/disk/by-uuid": "UUID", "/dev/disk/by-partuuid": "PARTUUID",
-                "/dev/disk/by-label": "LABEL", "/dev/disk/by-partlabel": "PARTLABEL"}
+        for device, disk, number, label in self._partitions():
+            if (head == "/dev/disk/by-partlabel" and label == value) or \
+                    (head == "/dev/disk/by-partuuid" and self._gpt_partuuid(disk, number) == value.lower()):
+                return self._path(f"/dev/{device}")
+        tags = {"/dev/disk/by-uuid": "UUID", "/dev/disk/by-label": "LABEL"}
         if head in tags:
-            result = self._runner(["blkid", "-l", "-o", "device", "-t", f"{tags[head]}={value}"])
-            device = result.stdout.strip() if result.returncode == 0 else ""
+            try:
+                result = self._runner(["blkid", "-l", "-o", "device", "-t", f"{tags[head]}={value}"])
+            except OSError:            # no blkid here
+                result = None
+            device = result.stdout.strip() if result is not None and result.returncode == 0 else ""
             if device:
                 return self._path(device)
         raise MachineError(f"image target {name} not found")
+
+    def _partitions(self) -> list[tuple[str, str, int, str]]:
+        """(device, disk, partition number, GPT name) of every partition the kernel knows (sysfs)."""
+        base = self._path("/sys/class/block")
+        found = []
+        for entry in sorted(os.listdir(base)) if os.path.isdir(base) else ():
+            try:
+                with open(os.path.join(base, entry, "uevent"), encoding="utf-8") as handle:
+                    fields = dict(line.split("=", 1) for line in handle.read().splitlines() if "=" in line)
+            except OSError:
+                continue
+            if fields.get("DEVTYPE") == "partition" and fields.get("PARTN", "").isdigit():
+                disk = os.path.basename(os.path.dirname(os.path.realpath(os.path.join(base, entry))))
+                found.append((fields.get("DEVNAME", entry), disk, int(fields["PARTN"]), fields.get("PARTNAME", "")))
+        return found
+
+    def _gpt_partuuid(self, disk: str, number: int) -> str | None:
+        """The unique GUID of partition ``number`` in the GPT of ``/dev/DISK`` (the
+        kernel already checked that table when it made the partition devices)."""
+        try:
+            with open(self._path(f"/dev/{disk}"), "rb") as handle:
+                for sector in (512, 4096):
+                    handle.seek(sector)
+                    header = handle.read(92)
+                    if header[:8] != b"EFI PART":
+                        continue
+                    entries_lba, count, size = struct.unpack_from("<QII", header, 72)
+                    if not 1 <= number <= count or size < 32:
+                        return None
+                    handle.seek(entries_lba * sector + (number - 1) * size)
+                    return str(uuid.UUID(bytes_le=handle.read(32)[16:32]))
+        except (OSError, ValueError, struct.error):
+            pass
+        return None
 
     def stable_target_id(self, path: str) -> str:
         """The name of the block device ``path`` that A records and B and C use.
