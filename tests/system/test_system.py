@@ -186,7 +186,7 @@ def hibernate_and_resume(guest: Guest, ladder, tag: str, request, request_name: 
         else:
             guest.sh(request)
         m = guest.boot.wait_for(r"kjump: image saved.*", SAVE_TIMEOUT, start=pos, what="B: image saved",
-                                fail=PANIC + r"|kexec load failed.*|not found; returning.*")
+                                fail=PANIC + r"|kexec load failed.*|saving the image failed.*|not found; returning.*")
         rung.note = m.group(0)[:100]
         assert guest.wait_off(120) == 0
     with ladder.step(f"{tag}.2 power on -> resume through the installed hook") as rung:
