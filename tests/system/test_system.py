@@ -130,7 +130,16 @@ def test_a_first_boot(guest: Guest, ladder) -> None:
     """The installed system boots on A's kernel with UEFI firmware and comes up whole."""
     with ladder.step("a.1 power on -> agent answers (UEFI, initramfs, systemd)") as rung:
         guest.power_on("a-first")
-        rung.note = f"agent after {guest.reach_agent():.0f} s of handshake"
+        try:
+            rung.note = f"agent after {guest.reach_agent():.0f} s of handshake"
+        except VMError:
+            # QEMU's multi-threaded TCG now and then leaves an int3 of the kernel's
+            # boot-time text patching in place ("Oops: int3" in early boot): an
+            # emulator fault before any kjumpd code runs. One more power-on, noted.
+            if not re.search(r"Oops: int3", guest.boot.text) or guest.boot.alive():
+                raise
+            guest.power_on("a-first-again")
+            rung.note = f"early-boot 'Oops: int3' (TCG), powered on again; agent after {guest.reach_agent():.0f} s"
     with ladder.step("a.2 systemd up: kjumpd, logind session, workloads") as rung:
         state = wait_running(guest.agent)
         rung.note = f"is-system-running: {state}"
