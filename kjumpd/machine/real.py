@@ -472,7 +472,8 @@ class RealMachine(Machine):
             return None
 
     def secret_memory_problems(self) -> list[str]:
-        """Processes holding ``memfd_secret`` memory (``/proc/PID/fd`` and ``maps``), as the kernel refuses to hibernate."""
+        """Processes holding ``memfd_secret`` memory (``/proc/PID/fd`` and ``maps``), as the kernel refuses to
+        hibernate."""
         return [f"process {pid} ({name}) holds memfd_secret memory, which must never be written to a disk "
                 "(the kernel's own hibernation refuses it too)"
                 for pid, name in seal.secret_memory_holders(self._path("/proc"))]
