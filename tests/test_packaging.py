@@ -311,9 +311,12 @@ def test_installed_files_in_place(root: DebRoot) -> None:
     assert (root.path / "usr/share/initramfs-tools/hooks/kjumpd").stat().st_mode & 0o111
     assert (root.path / "usr/share/initramfs-tools/scripts/local-premount/kjumpd").stat().st_mode & 0o111
     # enabled by the maintainer scripts (deb-systemd-helper), not started
+    # kjumpd-prepare only for the hibernating targets (docs/units.md): a plain suspend never waits for it
     for link in ("multi-user.target.wants/kjumpd.service", "dbus-org.kjump.Hibernate1.service",
-                 "sleep.target.wants/kjumpd-prepare.service"):
+                 "hibernate.target.wants/kjumpd-prepare.service", "hybrid-sleep.target.wants/kjumpd-prepare.service",
+                 "suspend-then-hibernate.target.wants/kjumpd-prepare.service"):
         assert (root.path / "etc/systemd/system" / link).is_symlink(), f"{link} not enabled"
+    assert not (root.path / "etc/systemd/system/sleep.target.wants/kjumpd-prepare.service").exists()
     conf = (root.path / "etc/kjumpd/kjumpd.conf").read_text()
     active = [line for line in conf.splitlines() if line.strip() and not line.lstrip().startswith(("#", ";", "["))]
     assert not active, f"the default kjumpd.conf sets options: {active}"
