@@ -295,8 +295,8 @@ def test_c_hybrid_sleep(guest: Guest, ladder) -> None:
         rung.note = f"system {before[1]}->{after[1]}"
 
 
-@pytest.mark.xfail(reason="kjumpd ships no drop-in for systemd-suspend-then-hibernate.service: systemd-sleep "
-                          "hibernates there with the kernel's swsusp (no swap: it fails), not through kjumpd",
+@pytest.mark.xfail(reason="goes through kjumpd with restart point suspend, which fails like hybrid-sleep: "
+                          "FIFREEZE leaves journald in D state and the task freezer gives up (seen in this test)",
                    strict=False)
 def test_c_suspend_then_hibernate(guest: Guest, ladder) -> None:
     """``systemctl suspend-then-hibernate`` with HibernateDelaySec=20s: S3, the RTC
@@ -386,11 +386,17 @@ def test_d_refused_image_boots_normally(guest: Guest, ladder) -> None:
             handle.seek((1 + 8) << 20)
             handle.write(bytes(b ^ 0xFF for b in data))
         rung.note = "64 bytes flipped at 8 MiB"
-    with ladder.step("d.2 power on: C refuses, normal boot") as rung:
+    with ladder.step("d.2 power on: C (or R) refuses, normal boot") as rung:
         guest.power_on("d-refused")
-        m = guest.boot.wait_for(r"not resuming: .*", RESUME_TIMEOUT, what="C refuses",
-                                fail=PANIC + r"|resuming the hibernated system")
+        # C checks the records; R checks every chunk's data before it writes a page
+        m = guest.boot.wait_for(r"not resuming: .*|resume failed: .*", RESUME_TIMEOUT, what="C or R refuses",
+                                fail=PANIC + r"|memory restored")
         rung.note = m.group(0)[:100]
+        if m.group(0).startswith("resume failed"):
+            assert guest.wait_off(120) == 0          # R reboots; -no-reboot ends QEMU: power on again
+            guest.power_on("d-refused-again")
+            guest.boot.wait_for(r"not resuming: .*|no hibernation image", RESUME_TIMEOUT,
+                                what="C: the refused image is not tried again", fail=PANIC + r"|resuming the")
         guest.reach_agent()
         wait_running(guest.agent)
         assert guest.boot_id() != boot_id
