@@ -411,8 +411,6 @@ def test_d_refused_image_boots_normally(guest: Guest, ladder) -> None:
         guest.wait_session()
 
 
-@pytest.mark.xfail(reason="discarding an image that a boot skipped (noresume) is the daemon's side, not landed "
-                          "yet: the next boot resumes the stale image", strict=False)
 def test_d_noresume(guest: Guest, ladder) -> None:
     """``noresume`` on the command line: the boot does not resume, and the image
     it skipped (stale now: the file systems were mounted and changed) is never
