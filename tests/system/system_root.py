@@ -99,6 +99,8 @@ def chroot_mounts(root: Path):
             where.mkdir(exist_ok=True)
             run(["mount", "-t", fstype, fstype, str(where)])
             mounted.append(where)
+        (root / "dev/shm").mkdir(mode=0o1777)       # POSIX semaphores (compileall's process pool)
+        (root / "dev/shm").chmod(0o1777)
         for name, major, minor in CHROOT_DEVICES:
             os.mknod(root / "dev" / name, 0o20666, os.makedev(major, minor))
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
