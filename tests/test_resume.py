@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from saved_images import save_image_of_itself
+
 from kjumpd import image, kexec
 from kjumpd.boot import resume
 from kjumpd.errors import ImageError
-from kjumpd.format import Compression, Handoff, State
+from kjumpd.format import State
 from kjumpd.machine.simulated import SimulatedMachine
-from kjumpd.memmap import DEFAULT_LOW, Range, choose_region, save_map
 from kjumpd.target import ImageTarget
 
 
@@ -24,14 +25,7 @@ from kjumpd.target import ImageTarget
 def machine(tmp_path: Path) -> SimulatedMachine:
     """A machine whose target holds a SAVED image of itself (as B leaves it before powering off)."""
     m = SimulatedMachine.create(str(tmp_path / "machine"), ram_size=32 << 20, cpus=2)
-    ram = m.system_ram()
-    region = choose_region(ram, 4 << 20)
-    low = Range(DEFAULT_LOW[0], DEFAULT_LOW[0] + DEFAULT_LOW[1])
-    handoff = Handoff(m.identity(), "shutdown", Compression.NONE, region.start, region.size, low.start, low.size,
-                      save_map(ram, region, low), 7)
-    with ImageTarget.open(m.target_path) as target, m.physical_memory() as memory:
-        image.write_handoff(target, handoff)
-        image.save(memory, target, handoff, jump_back_entry=0x2000FB)
+    save_image_of_itself(m)
     return m
 
 

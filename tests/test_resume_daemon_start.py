@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from dbus_testing import Mock
+from saved_images import save_image_of_itself
+
 from kjumpd import image
-from kjumpd.format import Compression, Handoff, State
+from kjumpd.format import State
 from kjumpd.machine.simulated import SimulatedMachine
-from kjumpd.memmap import DEFAULT_LOW, Range, choose_region, save_map
 from kjumpd.target import ImageTarget
 from test_dbus_daemon import Daemon, write_config
 
@@ -25,14 +26,7 @@ def machine() -> Iterator[SimulatedMachine]:
     """A machine whose target holds a SAVED image that the running boot did not resume."""
     directory = tempfile.mkdtemp(prefix="kjd", dir="/tmp")   # short: the target name fits the handoff
     m = SimulatedMachine.create(directory, ram_size=32 << 20)
-    ram = m.system_ram()
-    region = choose_region(ram, 4 << 20)
-    low = Range(DEFAULT_LOW[0], DEFAULT_LOW[0] + DEFAULT_LOW[1])
-    handoff = Handoff(m.identity(), "shutdown", Compression.NONE, region.start, region.size, low.start, low.size,
-                      save_map(ram, region, low), 7)
-    with ImageTarget.open(m.target_path) as target, m.physical_memory() as memory:
-        image.write_handoff(target, handoff)
-        image.save(memory, target, handoff, jump_back_entry=0x2000FB)
+    save_image_of_itself(m)
     yield m
     shutil.rmtree(directory)
 
