@@ -83,9 +83,11 @@ NORESUME = ("noresume", "kjump.noresume")
 OUTLIVES_NO_BOOT = (State.SAVED, State.RESUMING, State.RESTORING)
 
 
-def check(machine: Machine, target: ImageTarget, name: str, superblock: Superblock) -> tuple[Range, str]:
-    """Check a SAVED image; returns (region, target id) or raises KjumpError saying why not."""
-    reason = superblock.identity.mismatch(machine.identity())
+def check(machine: Machine, params: dict[str, str], target: ImageTarget, name: str,
+          superblock: Superblock) -> tuple[Range, str]:
+    """Decide whether this boot resumes a SAVED image: returns (region, target id) or raises
+    KjumpError saying why not (this boot's refusal first, then the image's identity and records)."""
+    reason = refusal(params, superblock) or superblock.identity.mismatch(machine.identity())
     if reason:
         raise KjumpError(reason)
     found_on = machine.stable_target_id(name)
@@ -150,10 +152,7 @@ def _dry_run(machine: Machine, params: dict[str, str], name: str, offset: int) -
             machine.console(f"no resumable image on {name} ({superblock.state.name})")
             return EXIT_CONTINUE
         try:
-            why = refusal(params, superblock)
-            if why:
-                raise KjumpError(why)
-            region, _ = check(machine, target, name, superblock)
+            region, _ = check(machine, params, target, name, superblock)
         except KjumpError as exc:
             machine.console(f"a boot would discard the image on {name}: {exc}")
             return EXIT_CONTINUE
@@ -210,10 +209,7 @@ def _resume(machine: Machine, options: argparse.Namespace, words: list[kexec.Wor
             machine.console(f"not resuming: {name} {image.state_description(superblock.state)}{detail}; normal boot")
             return EXIT_CONTINUE
         try:
-            why = refusal(params, superblock)
-            if why:
-                raise KjumpError(why)
-            region, target_id = check(machine, target, name, superblock)
+            region, target_id = check(machine, params, target, name, superblock)
             consoles, refused = kexec.console_words(words)
             if refused:
                 machine.console(f"not passed on to the restore kernel: {' '.join(refused)} (not a plain value)")
