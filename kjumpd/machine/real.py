@@ -244,10 +244,15 @@ class RealMachine(Machine):
         return self._read("/sys/kernel/kexec_loaded").strip() == "1"
 
     def kexec_execute(self) -> str:
-        """``kexec -e -x``; its exit status is logged, never trusted; returns its message."""
+        """``kexec -e -x``; its exit status is never trusted; returns its message.
+
+        kexec-tools exits 255 ("kexec failed: No such file or directory") after
+        every successful round trip, so the status is logged at debug level only;
+        the hibernator reports the message when B left no record of the jump.
+        """
         result = kexec.execute(self._runner)
         said = (result.stderr or "").strip()
-        log.info("kexec -e returned %d: %s", result.returncode, said)
+        log.debug("kexec -e returned %d: %s", result.returncode, said)
         return said
 
     def jump_back(self, entry: int) -> None:
