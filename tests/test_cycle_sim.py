@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sim_testing import machine_with_token, superblock
+
 from kjumpd import image
 from kjumpd.daemon.hibernator import HibernateResult, HibernateSettings, Hibernator
 from kjumpd.errors import RefusedError
@@ -39,12 +41,7 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = 60.0
 
 @pytest.fixture
 def machine(tmp_path: Path) -> SimulatedMachine:
-    m = SimulatedMachine.create(str(tmp_path / "machine"), ram_size=32 << 20, cpus=2)
-    m.wake_timeout = 120
-    address, _ = m.workload_area()
-    with m.physical_memory(writable=True) as ram:
-        ram.write(address, TOKEN)
-    return m
+    return machine_with_token(str(tmp_path / "machine"), TOKEN)
 
 
 def hibernator(m: SimulatedMachine, compression: str = "none", **overrides: object) -> Hibernator:
@@ -58,11 +55,6 @@ def hibernator(m: SimulatedMachine, compression: str = "none", **overrides: obje
 def token(m: SimulatedMachine) -> bytes:
     with m.physical_memory() as ram:
         return ram.read(m.workload_area()[0], len(TOKEN))
-
-
-def superblock(m: SimulatedMachine):
-    with ImageTarget.open(m.target_path, writable=False) as target:
-        return image.read_superblock(target)
 
 
 def events(m: SimulatedMachine) -> list[str]:

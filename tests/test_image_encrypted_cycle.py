@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from kjumpd import image, seal
+from sim_testing import machine_with_token, superblock
+
+from kjumpd import seal
 from kjumpd.daemon.hibernator import HibernateSettings, Hibernator
 from kjumpd.errors import RefusedError
 from kjumpd.format import State
 from kjumpd.machine import MachineLostError
 from kjumpd.machine.simulated import PASSPHRASE_FILE, SimulatedMachine
-from kjumpd.target import ImageTarget
 
 SECRET = b"known-random-secret-5f0c9e2d41a7b3"
 PASSPHRASE = b"open sesame"
@@ -30,11 +31,7 @@ PASSPHRASE = b"open sesame"
 
 @pytest.fixture
 def machine(tmp_path: Path) -> SimulatedMachine:
-    m = SimulatedMachine.create(str(tmp_path / "machine"), ram_size=32 << 20, cpus=2)
-    m.wake_timeout = 120
-    with m.physical_memory(writable=True) as ram:
-        ram.write(m.workload_area()[0], SECRET)
-    return m
+    return machine_with_token(str(tmp_path / "machine"), SECRET)
 
 
 def with_key(m: SimulatedMachine, tmp_path: Path) -> str:
@@ -59,11 +56,6 @@ def type_at_console(m: SimulatedMachine, *lines: bytes) -> None:
 def secret_in_ram(m: SimulatedMachine) -> bytes:
     with m.physical_memory() as ram:
         return ram.read(m.workload_area()[0], len(SECRET))
-
-
-def superblock(m: SimulatedMachine):
-    with ImageTarget.open(m.target_path, writable=False) as target:
-        return image.read_superblock(target)
 
 
 def power_off_with_image(h: Hibernator, m: SimulatedMachine) -> threading.Thread:

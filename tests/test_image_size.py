@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from sim_testing import machine_with_token
+
 from kjumpd import image
 from kjumpd.daemon.hibernator import (FIRST_IMAGE_RATIO, RATIO_MARGIN, RATIO_SLACK, HibernateSettings,
                                       Hibernator)
@@ -102,11 +104,7 @@ RAM = 32 << 20
 
 @pytest.fixture
 def machine(tmp_path: Path) -> SimulatedMachine:
-    m = SimulatedMachine.create(str(tmp_path / "machine"), ram_size=RAM, cpus=2)
-    m.wake_timeout = 120
-    with m.physical_memory(writable=True) as ram:
-        ram.write(m.workload_area()[0], TOKEN)
-    return m
+    return machine_with_token(str(tmp_path / "machine"), TOKEN, RAM)
 
 
 def hibernator(m: SimulatedMachine) -> Hibernator:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sim_testing import machine_with_token
+
 from kjumpd import image
 from kjumpd.boot import resume
 from kjumpd.daemon.hibernator import HibernateSettings, Hibernator
@@ -159,11 +161,7 @@ def test_cli_restore_never_leaves_a_half_written_destination(saved, tmp_path):
 
 @pytest.fixture
 def machine(tmp_path: Path) -> SimulatedMachine:
-    m = SimulatedMachine.create(str(tmp_path / "machine"), ram_size=32 << 20, cpus=2)
-    m.wake_timeout = 120
-    with m.physical_memory(writable=True) as ram:
-        ram.write(m.workload_area()[0], TOKEN)
-    return m
+    return machine_with_token(str(tmp_path / "machine"), TOKEN)
 
 
 def power_off_with_image(m: SimulatedMachine) -> Background:

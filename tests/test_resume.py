@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from saved_images import save_image_of_itself
+from sim_testing import save_image_of_itself
 
 from kjumpd import image, kexec
 from kjumpd.boot import resume

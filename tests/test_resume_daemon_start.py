@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dbus_testing import Mock
-from saved_images import save_image_of_itself
+from sim_testing import save_image_of_itself
 
 from kjumpd import image
 from kjumpd.format import State
