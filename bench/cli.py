@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import sample
@@ -58,18 +58,25 @@ def run_command(argv: Sequence[str]) -> None:
                            f"{done.stderr.decode(errors='replace').strip()}")
 
 
-def median_time(argv: Sequence[str], repeat: int, remove: Sequence[Path] = ()) -> tuple[float, list[float]]:
-    """Median wall time of ``repeat`` runs after one warm-up; ``remove`` is deleted before each run."""
+def median_time(argv: Sequence[str], repeat: int, remove: Sequence[Path] = (),
+                before: Callable[[], None] | None = None,
+                after: Callable[[], None] | None = None) -> tuple[float, list[float]]:
+    """Median wall time of ``repeat`` runs after one warm-up; ``remove`` is deleted, then ``before`` runs
+    (untimed), before each run; ``after`` checks each run's result."""
     times = []
     for attempt in range(repeat + 1):
         for path in remove:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if before:
+            before()
         os.sync()
         started = time.perf_counter()
         run_command(argv)
         if attempt:
             times.append(time.perf_counter() - started)
+        if after:
+            after()
     return statistics.median(times), times
 
 
@@ -91,21 +98,14 @@ def measure(directory: Path, sizes: dict[str, int], mix: dict[str, float], seed:
         }
         for name, (argv, remove) in commands.items():
             if name == "kjumpctl image restore":       # an image is restored once: write it afresh, untimed
-                restore_times = []
-                for attempt in range(repeat + 1):
-                    with contextlib.suppress(FileNotFoundError):
-                        img.unlink()
-                    run_command(commands["kjumpctl image write"][0])
-                    with contextlib.suppress(FileNotFoundError):
-                        dest.unlink()
-                    os.sync()
-                    started = time.perf_counter()
-                    run_command(argv)
-                    if attempt:
-                        restore_times.append(time.perf_counter() - started)
+                def write_image(write: list[str] = commands["kjumpctl image write"][0]) -> None:
+                    run_command(write)
+
+                def same_as_sample(dest: Path = dest, src: Path = src) -> None:
                     if dest.read_bytes() != src.read_bytes():
                         raise RuntimeError(f"kjumpctl image restore did not reproduce {src}")
-                median, runs = statistics.median(restore_times), restore_times
+
+                median, runs = median_time(argv, repeat, [img, *remove], write_image, same_as_sample)
             else:
                 median, runs = median_time(argv, repeat, remove)
             timings.setdefault(name, {})[label] = {"median_seconds": median, "runs_seconds": runs}
