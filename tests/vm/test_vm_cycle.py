@@ -221,6 +221,19 @@ def boot_a(run: Run, label: str, rung, append: str = "") -> None:
     rung.note = f"state {st.get('State')}, problems: {'; '.join(st.get('Problems', [])) or 'none'}"
 
 
+def save_and_power_off(run: Run):
+    """A hibernates with restart point shutdown: B saves the image and powers off; returns its SAVED superblock."""
+    run.agent.run("kjumpctl prepare", 600)
+    run.a_ready = False
+    ident, pos = run.agent.start("kjumpctl hibernate --wait --restart-point=shutdown")
+    run.boot.wait_for(r"kjump: image saved: .*", 1200, start=pos, what="B: image saved",
+                      fail=r"kjump: saving the image failed.*|" + Agent.MARK.format(id=ident) + "|" + PANIC)
+    assert run.boot.wait_exit(180) == 0
+    sb = superblock(run)
+    assert sb.state.name == "SAVED"
+    return sb
+
+
 def ensure_a(run: Run, rung) -> None:
     """A running, idle A for a step that does not continue the previous one:
     after a failure, power the VM off, initialise the image target afresh (so
@@ -409,14 +422,7 @@ def test_13_corrupted_image_refused(run, ladder):
 
     with step(run, ladder, "13", "corrupted image: C refuses it, normal boot", "1") as rung:
         ensure_a(run, rung)
-        run.agent.run("kjumpctl prepare", 600)
-        run.a_ready = False
-        ident, pos = run.agent.start("kjumpctl hibernate --wait --restart-point=shutdown")
-        run.boot.wait_for(r"kjump: image saved: .*", 1200, start=pos, what="B: image saved",
-                          fail=r"kjump: saving the image failed.*|" + Agent.MARK.format(id=ident) + "|" + PANIC)
-        assert run.boot.wait_exit(180) == 0
-        sb = superblock(run)
-        assert sb.state.name == "SAVED"
+        sb = save_and_power_off(run)
         where = DATA_OFFSET + sb.stream_bytes // 2
         flip_bytes(run, where)
         run.flipped = where
@@ -485,13 +491,7 @@ def test_13b_refused_image_not_resumed_on_the_next_boot(run, ladder):
 def test_13c_noresume_discards(run, ladder):
     with step(run, ladder, "13c", "noresume: normal boot, image discarded, not resumed later", "1") as rung:
         ensure_a(run, rung)
-        run.agent.run("kjumpctl prepare", 600)
-        run.a_ready = False
-        ident, pos = run.agent.start("kjumpctl hibernate --wait --restart-point=shutdown")
-        run.boot.wait_for(r"kjump: image saved: .*", 1200, start=pos, what="B: image saved",
-                          fail=r"kjump: saving the image failed.*|" + Agent.MARK.format(id=ident) + "|" + PANIC)
-        assert run.boot.wait_exit(180) == 0
-        assert superblock(run).state.name == "SAVED"
+        save_and_power_off(run)
         old_token = run.workload[0] if run.workload else None
         boot_a(run, "noresume", rung, append="noresume")
         assert "kjump: resuming the hibernated system" not in run.boot.text
