@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -47,30 +46,18 @@ def _vm_conftest():
     return module
 
 
-Ladder = _vm_conftest().Ladder
+_VM = _vm_conftest()
+Ladder = _VM.Ladder
 _LADDER = Ladder()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _LADDER.rungs:
-        return
-    terminalreporter.section("kjumpd system test: the ladder")
-    for line in _LADDER.render().splitlines():
-        terminalreporter.write_line(line)
-    if _LADDER.logdir:
-        terminalreporter.write_line(f"serial logs and journals: {_LADDER.logdir}")
+    _VM.show_ladder(terminalreporter, _LADDER, "kjumpd system test: the ladder", "serial logs and journals")
 
 
 @pytest.fixture(scope="session")
 def system_logdir() -> Path:
-    base = Path(os.environ.get("KJUMPD_SYS_LOGS", HERE / "logs"))
-    path = base / time.strftime("%Y%m%d-%H%M%S")
-    path.mkdir(parents=True, exist_ok=True)
-    latest = base / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(path.name)
-    return path
+    return _VM.new_run_logdir(Path(os.environ.get("KJUMPD_SYS_LOGS", HERE / "logs")))
 
 
 @pytest.fixture(scope="session")

@@ -93,19 +93,19 @@ def ladder(vm_logdir) -> Ladder:
     return _LADDER
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _LADDER.rungs:
+def show_ladder(terminalreporter, ladder: Ladder, title: str, logs: str) -> None:
+    """The ladder at the end of the pytest run (the VM test's and the system test's)."""
+    if not ladder.rungs:
         return
-    terminalreporter.section("kjumpd VM test: the ladder")
-    for line in _LADDER.render().splitlines():
+    terminalreporter.section(title)
+    for line in ladder.render().splitlines():
         terminalreporter.write_line(line)
-    if _LADDER.logdir:
-        terminalreporter.write_line(f"serial logs: {_LADDER.logdir}")
+    if ladder.logdir:
+        terminalreporter.write_line(f"{logs}: {ladder.logdir}")
 
 
-@pytest.fixture(scope="session")
-def vm_logdir() -> Path:
-    base = Path(os.environ.get("KJUMPD_VM_LOGS", HERE / "logs"))
+def new_run_logdir(base: Path) -> Path:
+    """A directory for this run's logs under ``base``, named by the time, with ``latest`` pointing at it."""
     path = base / time.strftime("%Y%m%d-%H%M%S")
     path.mkdir(parents=True, exist_ok=True)
     latest = base / "latest"
@@ -115,6 +115,16 @@ def vm_logdir() -> Path:
         latest.symlink_to(path.name)
     except OSError:
         pass
+    return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    show_ladder(terminalreporter, _LADDER, "kjumpd VM test: the ladder", "serial logs")
+
+
+@pytest.fixture(scope="session")
+def vm_logdir() -> Path:
+    path = new_run_logdir(Path(os.environ.get("KJUMPD_VM_LOGS", HERE / "logs")))
     print(f"\nkjumpd VM test: serial logs in {path}")
     return path
 
